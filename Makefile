@@ -1,0 +1,31 @@
+# Two entry points, both self-contained on a fresh machine with Python >= 3.11:
+#   make run    set up, then run the whole pipeline (quick profile) on a local Ray
+#   make test   set up, then lint and run the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# The dataset: DATA=..., else $POSTER_DATA, else the development copy beside the
+# repository when there is one, else poster-ray clones the public dataset.
+DATA ?= $(or $(POSTER_DATA),$(wildcard ../shared/datasets/movie-posters))
+PROFILE ?= quick
+
+.PHONY: run test setup lint
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+run: $(STAMP)
+	$(BIN)/poster-ray pipeline --profile $(PROFILE) $(if $(DATA),--data $(DATA)) --out runs/$(PROFILE)
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check poster_ray jobs tests bench
+	$(BIN)/ruff check poster_ray jobs tests bench
+
+test: lint
+	$(BIN)/python -m pytest -q

@@ -1,0 +1,83 @@
+"""Constants and the preprocessing spec: one source of truth for every stage."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+DATASET_URL = "https://github.com/laxmimerit/Movies-Poster_Dataset"
+DEFAULT_DATA_DIR = Path("data/Movies-Poster_Dataset")
+DATA_ENV_VAR = "POSTER_DATA"
+
+ID_COLUMN = "Id"
+# Columns of train.csv that are not genres: the Genre list-string repeats the one-hot
+# columns, and N/A flags posters without a genre (those rows are excluded).
+NON_GENRE_COLUMNS = ("Id", "Genre", "N/A")
+NA_COLUMN = "N/A"
+
+SPLIT_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}
+SPLITS = tuple(SPLIT_FRACTIONS)
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How a poster file becomes a model input, saved with every run and model bundle.
+
+    Decoding yields RGB uint8 pixels at ``image_size`` x ``image_size`` (squashed, not
+    cropped, as in the seed report). Scaling to model units happens inside the model's
+    first layer, so training and inference cannot disagree on it and the cache stays
+    uint8 (4x smaller than float32).
+    """
+
+    image_size: int = 250
+    resample: str = "bilinear"
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.image_size, self.image_size, 3)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> PreprocessSpec:
+        return cls(**json.loads(path.read_text()))
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The layout of a run directory, shared by every stage that reads or writes it."""
+
+    root: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.parquet"
+
+    @property
+    def genres(self) -> Path:
+        return self.root / "genres.json"
+
+    @property
+    def preprocess(self) -> Path:
+        return self.root / "preprocess.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "prepare_summary.json"
+
+    @property
+    def dropped(self) -> Path:
+        return self.root / "dropped.csv"
+
+    @property
+    def cache(self) -> Path:
+        """Decoded uint8 posters as Parquet, partitioned by split: decoded once, read often."""
+        return self.root / "cache"
+
+    def cache_split(self, split: str) -> Path:
+        return self.cache / f"split={split}"
+
+    def load_genres(self) -> list[str]:
+        return json.loads(self.genres.read_text())
