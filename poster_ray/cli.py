@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 
-from poster_ray.config import PreprocessSpec, RunDir
+from poster_ray.config import MODEL_NAMES, PreprocessSpec, RunDir, TrainConfig
 from poster_ray.errors import PosterRayError
 
 
@@ -15,7 +16,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from poster_ray import data
     from poster_ray.runtime import init_ray
 
-    data_dir = data.resolve_data_dir(args.data, dict(os.environ))
+    data_dir = args.data_dir = data.resolve_data_dir(args.data, dict(os.environ))
     init_ray(args.num_cpus)
     summary = data.prepare(
         data_dir, RunDir(Path(args.out)), PreprocessSpec(args.image_size), args.seed, args.limit
@@ -24,9 +25,87 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     print(f"\nwrote {args.out} in {summary['seconds']} s")
 
 
+def train_config_from(args: argparse.Namespace) -> TrainConfig:
+    try:
+        hparams = json.loads(args.hparams)
+    except json.JSONDecodeError as error:
+        raise PosterRayError(f"--hparams is not a JSON object: {error}") from None
+    return TrainConfig(
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        workers=args.workers,
+        gpu=args.gpu,
+        cpus_per_worker=args.cpus_per_worker,
+        mixed_precision=args.mixed_precision,
+        early_stopping=args.early_stopping,
+        weights=args.weights,
+        hparams=hparams,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from poster_ray import train
+    from poster_ray.runtime import init_ray
+
+    run = existing_run(args.run)
+    init_ray(args.num_cpus)
+    out = train.train(run, args.name or args.model, train_config_from(args))
+    print(f"model and curves in {out}")
+    evaluate_and_print(out, run)
+
+
+def evaluate_and_print(model_dir: Path, run: RunDir) -> None:
+    from poster_ray.evaluate import evaluate_model_dir, format_headline
+
+    print(format_headline(evaluate_model_dir(model_dir, run)))
+    print(f"report: {model_dir / 'report.md'}; bundle: {model_dir / 'bundle'}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    model_dir = Path(args.model_dir)
+    if not (model_dir / "model.keras").is_file():
+        raise PosterRayError(f"{model_dir}: no model.keras (expected RUN/models/NAME)")
+    evaluate_and_print(model_dir, existing_run(args.run or str(model_dir.parent.parent)))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from poster_ray.bundle import load_bundle
+    from poster_ray.predict import format_predictions, predict_files
+
+    bundle = load_bundle(Path(args.bundle))
+    print(format_predictions(predict_files(bundle, args.posters)))
+
+
+def existing_run(path: str) -> RunDir:
+    run = RunDir(Path(path))
+    if not run.manifest.is_file():
+        raise PosterRayError(f"{path}: not a prepared run (no manifest.parquet); run prepare")
+    return run
+
+
+# The quick profile: a sample of posters, smaller images, a few epochs, so that the whole
+# pipeline runs in minutes on a 2-core laptop; full is the real thing.
+PROFILES = {
+    "quick": {"limit": 1500, "image_size": 128, "epochs": 4, "workers": 2, "mixed_precision": True},
+    "full": {"limit": None, "image_size": 250, "epochs": 30, "workers": 2, "mixed_precision": True},
+}
+
+
 def cmd_pipeline(args: argparse.Namespace) -> None:
-    """Every stage that exists, end to end; the quick profile keeps it to minutes."""
+    """Every stage that exists, end to end: prepare, train, evaluate, predict samples."""
+    for key, value in PROFILES[args.profile].items():
+        if getattr(args, key) is None:  # not given on the command line
+            setattr(args, key, value)
     cmd_prepare(args)
+    args.run, args.name, args.hparams = args.out, None, "{}"
+    cmd_train(args)
+    samples = sorted(str(path) for path in Path(args.data_dir, "samples").glob("*.jpg"))
+    if samples:
+        args.bundle = str(Path(args.out, "models", args.model, "bundle"))
+        args.posters = samples
+        cmd_predict(args)
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +117,33 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
 
 
+def add_train_args(parser: argparse.ArgumentParser, include_num_cpus: bool = True) -> None:
+    defaults = TrainConfig()
+    parser.add_argument("--model", choices=MODEL_NAMES, default=defaults.model)
+    parser.add_argument("--name", help="run name (default: the model name); reuse it to resume")
+    parser.add_argument("--workers", type=int, default=defaults.workers)
+    parser.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    parser.add_argument("--cpus-per-worker", type=float, help="default: all CPUs but one, shared")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="global")
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument(
+        "--mixed-precision", action="store_true", help="bfloat16 on CPU, float16 on GPU"
+    )
+    parser.add_argument(
+        "--early-stopping",
+        type=int,
+        default=defaults.early_stopping,
+        help="patience in epochs on val_loss, keeping the best epoch; 0 = off",
+    )
+    parser.add_argument(
+        "--weights", default=defaults.weights, help="vgg16: none, imagenet or a .h5 file"
+    )
+    parser.add_argument("--hparams", default="{}", help="model hyperparameters as JSON")
+    if include_num_cpus:
+        parser.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="poster-ray", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -46,10 +152,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(prepare)
     prepare.set_defaults(func=cmd_prepare)
 
+    train = commands.add_parser("train", help="train a model with Ray Train")
+    train.add_argument("run", help="a prepared run directory")
+    add_train_args(train)
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="test-split metrics beside baselines")
+    evaluate.add_argument("model_dir", help="RUN/models/NAME, as written by train")
+    evaluate.add_argument("--run", help="the prepared run (default: two folders up)")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = commands.add_parser("predict", help="top-3 genres of single posters")
+    predict.add_argument("bundle", help="a model bundle directory (RUN/models/NAME/bundle)")
+    predict.add_argument("posters", nargs="+", help="poster image files")
+    predict.set_defaults(func=cmd_predict)
+
     pipeline = commands.add_parser("pipeline", help="run every stage end to end")
     add_data_args(pipeline)
-    pipeline.add_argument("--profile", choices=["quick", "full"], default="quick")
-    pipeline.set_defaults(func=cmd_pipeline)
+    add_train_args(pipeline, include_num_cpus=False)
+    pipeline.add_argument("--profile", choices=list(PROFILES), default="quick")
+    pipeline.set_defaults(func=cmd_pipeline, **dict.fromkeys(PROFILES["quick"]))
     return parser
 
 

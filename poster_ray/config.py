@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 DATASET_URL = "https://github.com/laxmimerit/Movies-Poster_Dataset"
@@ -15,6 +15,8 @@ ID_COLUMN = "Id"
 # columns, and N/A flags posters without a genre (those rows are excluded).
 NON_GENRE_COLUMNS = ("Id", "Genre", "N/A")
 NA_COLUMN = "N/A"
+
+MODEL_NAMES = ("custom_cnn", "vgg16")
 
 SPLIT_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}
 SPLITS = tuple(SPLIT_FRACTIONS)
@@ -81,3 +83,22 @@ class RunDir:
 
     def load_genres(self) -> list[str]:
         return json.loads(self.genres.read_text())
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; saved with its model."""
+
+    model: str = "custom_cnn"
+    epochs: int = 10
+    batch_size: int = 32  # global: split evenly across the workers
+    learning_rate: float = 1e-3
+    workers: int = 1
+    gpu: bool = False
+    cpus_per_worker: float | None = None  # None: leave one CPU to Ray Data
+    mixed_precision: bool = False
+    early_stopping: int = 3  # patience in epochs on val_loss; 0 turns it off
+    weights: str = "none"  # vgg16 only: none, imagenet or a .h5 path
+    hparams: dict = field(default_factory=dict)
+    max_failures: int = 2
+    shuffle_buffer: int = 256

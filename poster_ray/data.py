@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -258,12 +259,36 @@ def _decode_batch(batch: dict[str, np.ndarray], spec: PreprocessSpec) -> dict[st
     return batch
 
 
-def _unpack_batch(batch: dict[str, np.ndarray], spec: PreprocessSpec) -> dict[str, np.ndarray]:
-    return {"image": unpack_images(batch["image"], spec), "labels": batch["labels"]}
+def _unpack_batch(
+    batch: dict[str, np.ndarray], spec: PreprocessSpec, shard: tuple[int, int] | None
+) -> dict[str, np.ndarray]:
+    keep = np.ones(len(batch["id"]), dtype=bool)
+    if shard is not None:
+        keep = shard_of(batch["id"], shard[1]) == shard[0]
+    return {"image": unpack_images(batch["image"][keep], spec), "labels": batch["labels"][keep]}
 
 
-def load_split(run: RunDir, split: str) -> ray.data.Dataset:
-    """One split's decoded posters from the cache: `image` (uint8 HxWx3) and `labels`."""
+def shard_of(ids: np.ndarray, num_shards: int) -> np.ndarray:
+    """A stable shard number per poster id, the same in every process and run."""
+    return np.array([zlib.crc32(str(poster_id).encode()) % num_shards for poster_id in ids])
+
+
+def shard_sizes(run: RunDir, split: str, num_shards: int) -> list[int]:
+    """How many posters of `split` each shard holds (from the manifest, no reading)."""
+    manifest = pd.read_parquet(run.manifest, columns=["id", "split"])
+    shards = shard_of(manifest.loc[manifest["split"] == split, "id"].to_numpy(), num_shards)
+    return np.bincount(shards, minlength=num_shards).tolist()
+
+
+def load_split(
+    run: RunDir, split: str, shuffle: bool = False, shard: tuple[int, int] | None = None
+) -> ray.data.Dataset:
+    """One split's decoded posters from the cache: `image` (uint8 HxWx3) and `labels`.
+
+    `shuffle` reads the Parquet files in a new random order each epoch; training adds a
+    local shuffle buffer on top, which is cheap where a full shuffle is not. `shard`
+    (index, count) keeps one disjoint part of the split, chosen by id.
+    """
     from ray.data.expressions import col
 
     path = run.cache_split(split)
@@ -271,9 +296,13 @@ def load_split(run: RunDir, split: str) -> ray.data.Dataset:
         raise PosterRayError(f"{path}: no cached split; run `poster-ray prepare` first")
     spec = PreprocessSpec.load(run.preprocess)
     return (
-        ray.data.read_parquet(str(path), columns=["image", "labels", "error"])
+        ray.data.read_parquet(
+            str(path),
+            columns=["id", "image", "labels", "error"],
+            shuffle="files" if shuffle else None,
+        )
         .filter(expr=col("error") == "")
-        .map_batches(_unpack_batch, fn_kwargs={"spec": spec}, batch_size=64)
+        .map_batches(_unpack_batch, fn_kwargs={"spec": spec, "shard": shard}, batch_size=64)
     )
 
 

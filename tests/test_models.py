@@ -142,7 +142,8 @@ def test_saved_model_loads_in_safe_mode_with_identical_predictions(tmp_path, nam
     np.testing.assert_array_equal(loaded.predict(batch, verbose=0), model.predict(batch, verbose=0))
 
 
-def test_mixed_precision_model_loads_with_float32_outputs(tmp_path):
+def test_mixed_precision_model_loads_with_float32_outputs(tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "cpu_has_bfloat16", lambda: True)
     model = models.build_model("custom_cnn", 5, CNN_SIZE, mixed_precision=True)
     assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"  # no GPU in tests
     assert model.get_layer(index=2).compute_dtype == "bfloat16"
@@ -152,6 +153,13 @@ def test_mixed_precision_model_loads_with_float32_outputs(tmp_path):
     loaded = models.load_model(tmp_path / "model.keras")
     assert loaded.get_layer(index=2).compute_dtype == "bfloat16"
     assert loaded(pixels(2, CNN_SIZE)).dtype == "float32"
+
+
+def test_mixed_precision_stays_float32_without_native_bfloat16(monkeypatch):
+    monkeypatch.setattr(models, "cpu_has_bfloat16", lambda: False)
+    model = models.build_model("custom_cnn", 5, CNN_SIZE, mixed_precision=True)
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert model.get_layer(index=2).compute_dtype == "float32"
 
 
 def test_build_model_resets_the_precision_policy():

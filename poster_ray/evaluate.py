@@ -1,0 +1,156 @@
+"""Evaluate stage: score a trained model on the test split, next to trivial baselines.
+
+Per-genre thresholds are calibrated on the validation split and only then applied to
+the test split, so the calibrated score is not tuned on the posters it is measured on.
+The result is written beside the model: ``metrics.json``, ``report.md`` and a ``bundle/``
+that ``poster-ray predict`` loads.
+
+``metrics.json`` layout (each metrics dict as in ``poster_ray.metrics``)::
+
+    {
+        "model": str,
+        "genres": [str, ...],
+        "thresholds": [float, ...],         # calibrated on val, one per genre
+        "headline": {...},                  # as returned by evaluate_model_dir, minus rows
+        "test@0.5": metrics,
+        "test@calibrated": metrics,
+        "val@calibrated": metrics,          # in-sample for the thresholds: optimistic
+        "baselines": {name: metrics, ...},  # on the test split, at 0.5
+    }
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import tf_keras as keras
+
+from poster_ray import data, metrics, models
+from poster_ray.bundle import check_model_matches, write_bundle, write_json
+from poster_ray.config import PreprocessSpec, RunDir
+
+MODEL_AT_HALF = "model @ 0.5"
+MODEL_CALIBRATED = "model @ calibrated"
+
+
+def predict_arrays(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Probabilities for uint8 images, one batch at a time.
+
+    Slicing here rather than in ``model.predict`` keeps Keras from copying the whole
+    split into one tensor first.
+    """
+    batches = [
+        model.predict_on_batch(images[start : start + batch_size])
+        for start in range(0, len(images), batch_size)
+    ]
+    if not batches:
+        return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
+    return np.concatenate(batches).astype(np.float32)
+
+
+def train_labels(run: RunDir) -> np.ndarray:
+    """The training split's label matrix, from the manifest: what the baselines learn."""
+    manifest = pd.read_parquet(run.manifest, columns=["split", "labels"])
+    return np.stack(manifest.loc[manifest["split"] == "train", "labels"].to_numpy())
+
+
+def predict_split(model: keras.Model, run: RunDir, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, probabilities) of one cached split."""
+    _, images, labels = data.read_split_arrays(run, split)
+    return labels, predict_arrays(model, images)
+
+
+def evaluate_model_dir(model_dir: Path, run: RunDir) -> dict:
+    """Evaluate ``model_dir/model.keras`` on ``run``; write metrics, report and bundle.
+
+    Returns the headline numbers (see ``headline``) plus ``rows``, the metrics dicts
+    that ``format_headline`` tabulates.
+    """
+    model_dir = Path(model_dir)
+    model_file = model_dir / "model.keras"
+    genres = run.load_genres()
+    spec = PreprocessSpec.load(run.preprocess)
+    model = models.load_model(model_file)
+    check_model_matches(model, len(genres), spec, model_file)
+    train_config = read_json(model_dir / "train_config.json", default={})
+    history = read_json(model_dir / "history.json", default=[])
+    name = train_config.get("model", model_dir.name)
+
+    val_labels, val_prob = predict_split(model, run, "val")
+    test_labels, test_prob = predict_split(model, run, "test")
+    thresholds = metrics.calibrate_thresholds(val_labels, val_prob)
+    rows = {
+        MODEL_AT_HALF: metrics.classification_metrics(test_labels, test_prob, 0.5, genres),
+        MODEL_CALIBRATED: metrics.classification_metrics(
+            test_labels, test_prob, thresholds, genres
+        ),
+    }
+    baselines = metrics.baseline_metrics(train_labels(run), test_labels, genres)
+    summary = headline(name, rows, baselines)
+
+    write_json(
+        model_dir / "metrics.json",
+        {
+            "model": name,
+            "genres": genres,
+            "thresholds": thresholds.tolist(),
+            "headline": summary,
+            "test@0.5": rows[MODEL_AT_HALF],
+            "test@calibrated": rows[MODEL_CALIBRATED],
+            "val@calibrated": metrics.classification_metrics(
+                val_labels, val_prob, thresholds, genres
+            ),
+            "baselines": baselines,
+        },
+    )
+    curves = sorted(path.name for path in model_dir.glob("curve_*.png"))
+    report = metrics.markdown_report(rows, baselines, genres, curves, detail=MODEL_CALIBRATED)
+    (model_dir / "report.md").write_text(add_model_section(report, name, history, train_config))
+    bundle_config = {"model": name, **train_config}
+    write_bundle(model_dir / "bundle", model_file, genres, spec, thresholds, bundle_config, summary)
+    return {**summary, "rows": {**rows, **baselines}}
+
+
+def headline(name: str, rows: dict[str, dict], baselines: dict[str, dict]) -> dict:
+    """The numbers that say whether the model is any use: micro-F1 vs "always Drama, Comedy"."""
+    constant = next(baseline for baseline in baselines if baseline.startswith("always "))
+    calibrated_f1 = rows[MODEL_CALIBRATED]["micro"]["f1"]
+    baseline_f1 = baselines[constant]["micro"]["f1"]
+    return {
+        "model": name,
+        "test_posters": rows[MODEL_AT_HALF]["n_samples"],
+        "micro_f1@0.5": rows[MODEL_AT_HALF]["micro"]["f1"],
+        "micro_f1@calibrated": calibrated_f1,
+        "baseline": constant,
+        "baseline_micro_f1": baseline_f1,
+        "beats_baseline": calibrated_f1 > baseline_f1,
+    }
+
+
+def add_model_section(report: str, name: str, history: list[dict], train_config: dict) -> str:
+    """Insert what was evaluated (model, epochs, training config) under the report's title."""
+    title, body = report.split("\n", 1)
+    config = json.dumps(train_config, indent=2, sort_keys=True)
+    trained = f"trained for {len(history)} epochs" if history else "no training history found"
+    section = f"\nModel `{name}`, {trained}. Training config:\n\n```json\n{config}\n```\n"
+    return f"{title}\n{section}{body}"
+
+
+def format_headline(result: dict) -> str:
+    """A short console summary: the headline table and the verdict against the baseline."""
+    verdict = "beats" if result["beats_baseline"] else "does NOT beat"
+    return (
+        metrics.comparison_table(result["rows"])
+        + f"\n{result['model']}: micro-F1 {result['micro_f1@calibrated']:.3f} at calibrated "
+        f"thresholds ({result['micro_f1@0.5']:.3f} at 0.5) {verdict} "
+        f"'{result['baseline']}' ({result['baseline_micro_f1']:.3f})"
+    )
+
+
+def read_json(path: Path, default: Any) -> Any:
+    """A JSON file's value, or ``default`` when a model dir lacks that file."""
+    return json.loads(path.read_text()) if path.is_file() else default

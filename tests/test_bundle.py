@@ -1,0 +1,153 @@
+"""Model bundles: round trip, atomic replacement, and every way a bundle can be wrong."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tf_keras as keras
+
+from poster_ray import models
+from poster_ray.bundle import (
+    HASHED_FILES,
+    INFO_FILE,
+    THRESHOLDS_FILE,
+    bundle_info,
+    content_hash,
+    load_bundle,
+    write_bundle,
+)
+from poster_ray.config import PreprocessSpec
+from poster_ray.errors import PosterRayError
+
+SIZE = 32
+SPEC = PreprocessSpec(SIZE)
+GENRES = ["Action", "Comedy", "Drama"]
+THRESHOLDS = [0.3, 0.5, 0.25]
+CONFIG = {"model": "custom_cnn", "epochs": 2, "hparams": {"filters": [4, 4]}}
+METRICS = {"micro_f1@calibrated": 0.5}
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """A tiny saved CNN with three outputs."""
+    model = models.build_custom_cnn(
+        num_genres=len(GENRES), image_size=SIZE, filters=(4, 4), dense_units=(8,)
+    )
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    model.save(path)
+    return path
+
+
+def write(out_dir, model_file, genres=GENRES, thresholds=THRESHOLDS):
+    return write_bundle(out_dir, model_file, genres, SPEC, thresholds, CONFIG, METRICS)
+
+
+def pixels(batch):
+    return np.random.default_rng(0).integers(0, 256, (batch, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+def test_round_trip_gives_the_same_model_and_metadata(model_file, tmp_path):
+    path = write(tmp_path / "bundle", model_file)
+    bundle = load_bundle(path)
+
+    original = models.load_model(model_file)
+    np.testing.assert_array_equal(
+        bundle.model.predict(pixels(4), verbose=0), original.predict(pixels(4), verbose=0)
+    )
+    assert bundle.genres == GENRES
+    assert bundle.spec == SPEC
+    np.testing.assert_array_equal(bundle.thresholds, THRESHOLDS)
+    assert bundle.path == path
+    assert bundle.info["model"] == "custom_cnn"
+    assert bundle.info["train_config"] == CONFIG
+    assert bundle.info["metrics"] == METRICS
+    assert bundle.info["content_hash"] == content_hash(path)
+    assert sorted(bundle.info["files"]) == sorted(p.name for p in path.iterdir())
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # no staging dirs left
+
+
+def test_writing_again_replaces_the_old_bundle(model_file, tmp_path):
+    write(tmp_path / "bundle", model_file)
+    write(tmp_path / "bundle", model_file, thresholds=[0.1, 0.2, 0.3])
+    np.testing.assert_array_equal(load_bundle(tmp_path / "bundle").thresholds, [0.1, 0.2, 0.3])
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+
+def test_a_failed_write_leaves_the_old_bundle_untouched(model_file, tmp_path):
+    write(tmp_path / "bundle", model_file)
+    with pytest.raises(FileNotFoundError):
+        write(tmp_path / "bundle", tmp_path / "no-such-model.keras")
+    np.testing.assert_array_equal(load_bundle(tmp_path / "bundle").thresholds, THRESHOLDS)
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+
+def test_thresholds_must_match_the_genres_when_writing(model_file, tmp_path):
+    with pytest.raises(PosterRayError, match="2 thresholds for 3 genres"):
+        write(tmp_path / "bundle", model_file, thresholds=[0.5, 0.5])
+    assert not (tmp_path / "bundle").exists()
+
+
+@pytest.mark.parametrize("name", [*HASHED_FILES, INFO_FILE])
+def test_a_missing_file_is_named(model_file, tmp_path, name):
+    path = write(tmp_path / "bundle", model_file)
+    (path / name).unlink()
+    with pytest.raises(PosterRayError, match=f"{name} is missing"):
+        load_bundle(path)
+
+
+def test_edited_thresholds_are_detected(model_file, tmp_path):
+    path = write(tmp_path / "bundle", model_file)
+    (path / THRESHOLDS_FILE).write_text(json.dumps([0.0, 0.0, 0.0]))
+    with pytest.raises(PosterRayError, match="modified"):
+        load_bundle(path)
+
+
+def test_threshold_count_is_checked_when_loading(model_file, tmp_path):
+    path = write(tmp_path / "bundle", model_file)
+    (path / THRESHOLDS_FILE).write_text(json.dumps([0.5, 0.5]))
+    info = bundle_info(path)  # rehash, as if the bundle had been written this way
+    info["content_hash"] = content_hash(path)
+    (path / INFO_FILE).write_text(json.dumps(info))
+    with pytest.raises(PosterRayError, match="2 thresholds but genres.json lists 3"):
+        load_bundle(path)
+
+
+def test_a_model_for_another_genre_list_is_refused(model_file, tmp_path):
+    path = write(tmp_path / "bundle", model_file, [*GENRES, "Horror"], [0.5] * 4)
+    with pytest.raises(PosterRayError, match="outputs 3 genres but the genre list has 4"):
+        load_bundle(path)
+
+
+def test_a_model_for_another_image_size_is_refused(model_file, tmp_path):
+    path = write_bundle(
+        tmp_path / "bundle", model_file, GENRES, PreprocessSpec(40), THRESHOLDS, CONFIG, METRICS
+    )
+    with pytest.raises(PosterRayError, match=r"takes \(32, 32, 3\) inputs"):
+        load_bundle(path)
+
+
+def test_a_model_with_python_code_is_refused(tmp_path):
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Lambda(lambda t: t / 255.0)(inputs)
+    outputs = keras.layers.Dense(len(GENRES))(keras.layers.GlobalAveragePooling2D()(x))
+    keras.Model(inputs, outputs).save(tmp_path / "lambda.keras")
+    path = write(tmp_path / "bundle", tmp_path / "lambda.keras")
+    with pytest.raises(PosterRayError, match="refusing to load.*Lambda"):
+        load_bundle(path)
+
+
+def test_not_a_directory(tmp_path):
+    with pytest.raises(PosterRayError, match="no model bundle there"):
+        load_bundle(tmp_path / "nothing")
+
+
+def test_bundle_info_does_not_import_tensorflow(model_file, tmp_path):
+    path = write(tmp_path / "bundle", model_file)
+    script = (
+        "import sys; from poster_ray.bundle import bundle_info; "
+        f"assert bundle_info({str(path)!r})['model'] == 'custom_cnn'; "
+        "assert 'tensorflow' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)

@@ -1,0 +1,146 @@
+"""Evaluate stage on a prepared synthetic run: metrics, report and bundle beside the model."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from synthetic import make_dataset
+
+from poster_ray import data, metrics, models
+from poster_ray.bundle import load_bundle
+from poster_ray.config import PreprocessSpec, RunDir
+from poster_ray.errors import PosterRayError
+from poster_ray.evaluate import evaluate_model_dir, format_headline, predict_arrays
+
+SPEC = PreprocessSpec(32)
+CONFIG = {"model": "custom_cnn", "epochs": 2, "batch_size": 16, "learning_rate": 1e-3}
+
+
+@pytest.fixture(scope="module")
+def run(ray_session, tmp_path_factory):
+    """A 60-poster synthetic dataset prepared at 32x32."""
+    root = make_dataset(tmp_path_factory.mktemp("dataset"), n=60)
+    run = RunDir(tmp_path_factory.mktemp("run"))
+    data.prepare(root, run, SPEC, seed=1)
+    return run
+
+
+@pytest.fixture(scope="module")
+def model_dir(run):
+    """A tiny CNN fitted for two epochs, saved as training would save it."""
+    _, images, labels = data.read_split_arrays(run, "train")
+    model = models.build_custom_cnn(
+        len(run.load_genres()), image_size=SPEC.image_size, filters=(4, 4), dense_units=(8,)
+    )
+    models.compile_model(model)
+    fit = model.fit(images, labels, epochs=2, batch_size=16, verbose=0)
+    history = [
+        {"epoch": epoch, "loss": loss, "val_loss": loss}
+        for epoch, loss in enumerate(fit.history["loss"], start=1)
+    ]
+    directory = run.root / "models" / "custom_cnn"
+    directory.mkdir(parents=True)
+    model.save(directory / "model.keras")
+    (directory / "history.json").write_text(json.dumps(history))
+    (directory / "train_config.json").write_text(json.dumps(CONFIG))
+    metrics.plot_history({"loss": fit.history["loss"]}, directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def result(model_dir, run):
+    return evaluate_model_dir(model_dir, run)
+
+
+@pytest.fixture(scope="module")
+def written(result, model_dir):
+    return json.loads((model_dir / "metrics.json").read_text())
+
+
+def split_predictions(model_dir, run, split):
+    _, images, labels = data.read_split_arrays(run, split)
+    return labels, predict_arrays(models.load_model(model_dir / "model.keras"), images)
+
+
+def test_metrics_json_layout(written, run):
+    assert set(written) == {
+        "model",
+        "genres",
+        "thresholds",
+        "headline",
+        "test@0.5",
+        "test@calibrated",
+        "val@calibrated",
+        "baselines",
+    }
+    assert written["model"] == "custom_cnn"
+    assert written["genres"] == run.load_genres()
+    test_size = len(data.read_split_arrays(run, "test")[0])
+    assert written["test@0.5"]["n_samples"] == written["test@calibrated"]["n_samples"] == test_size
+    assert all(row["threshold"] == 0.5 for row in written["test@0.5"]["per_genre"])
+
+
+def test_thresholds_are_calibrated_on_the_val_split(written, model_dir, run):
+    val_labels, val_prob = split_predictions(model_dir, run, "val")
+    expected = metrics.calibrate_thresholds(val_labels, val_prob)
+    np.testing.assert_allclose(written["thresholds"], expected)
+    used = [row["threshold"] for row in written["test@calibrated"]["per_genre"]]
+    np.testing.assert_allclose(used, expected)
+
+
+def test_test_metrics_match_a_direct_computation(written, model_dir, run):
+    test_labels, test_prob = split_predictions(model_dir, run, "test")
+    genres = run.load_genres()
+    direct = metrics.classification_metrics(test_labels, test_prob, written["thresholds"], genres)
+    assert written["test@calibrated"]["micro"] == pytest.approx(direct["micro"])
+
+
+def test_baselines_learn_from_the_train_split(written, run):
+    manifest = pd.read_parquet(run.manifest)
+    train = np.stack(manifest.loc[manifest["split"] == "train", "labels"].to_numpy())
+    test_labels = data.read_split_arrays(run, "test")[2]
+    expected = metrics.baseline_metrics(train, test_labels, run.load_genres())
+    assert written["baselines"] == json.loads(json.dumps(expected))
+
+
+def test_result_holds_the_headline_numbers(result, written):
+    constant = next(name for name in written["baselines"] if name.startswith("always "))
+    assert result["micro_f1@0.5"] == written["test@0.5"]["micro"]["f1"]
+    assert result["micro_f1@calibrated"] == written["test@calibrated"]["micro"]["f1"]
+    assert result["baseline"] == constant
+    assert result["baseline_micro_f1"] == written["baselines"][constant]["micro"]["f1"]
+    assert {k: v for k, v in result.items() if k != "rows"} == written["headline"]
+
+
+def test_report_shows_model_baselines_and_curves(result, written, model_dir):
+    report = (model_dir / "report.md").read_text()
+    assert report.startswith("# Evaluation report\n")
+    assert "Model `custom_cnn`, trained for 2 epochs" in report
+    assert '"batch_size": 16' in report
+    for name in ["model @ 0.5", "model @ calibrated", *written["baselines"]]:
+        assert f"| {name} |" in report
+    assert "![curve_loss](curve_loss.png)" in report
+
+
+def test_format_headline_lists_every_row(result):
+    text = format_headline(result)
+    for name in result["rows"]:
+        assert f"| {name} |" in text
+    assert result["baseline"] in text.splitlines()[-1]
+
+
+def test_bundle_carries_the_calibrated_thresholds(result, written, model_dir, run):
+    bundle = load_bundle(model_dir / "bundle")
+    np.testing.assert_allclose(bundle.thresholds, written["thresholds"])
+    assert bundle.genres == run.load_genres()
+    assert bundle.spec == SPEC
+    assert bundle.info["train_config"] == CONFIG
+    assert bundle.info["metrics"] == written["headline"]
+
+
+def test_a_model_for_another_genre_list_is_refused(run, tmp_path):
+    model = models.build_custom_cnn(3, image_size=SPEC.image_size, filters=(4, 4), dense_units=(8,))
+    model.save(tmp_path / "model.keras")
+    with pytest.raises(PosterRayError, match="outputs 3 genres but the genre list has 6"):
+        evaluate_model_dir(tmp_path, run)
