@@ -14,12 +14,15 @@ from poster_ray.errors import PosterRayError
 
 def cmd_prepare(args: argparse.Namespace) -> None:
     from poster_ray import data
-    from poster_ray.runtime import init_ray
 
     data_dir = args.data_dir = data.resolve_data_dir(args.data, dict(os.environ))
-    init_ray(args.num_cpus)
     summary = data.prepare(
-        data_dir, RunDir(Path(args.out)), PreprocessSpec(args.image_size), args.seed, args.limit
+        data_dir,
+        RunDir(Path(args.out)),
+        PreprocessSpec(args.image_size),
+        args.seed,
+        args.limit,
+        args.num_cpus,
     )
     print(data.format_summary(summary))
     print(f"\nwrote {args.out} in {summary['seconds']} s")
@@ -78,6 +81,22 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(format_predictions(predict_files(bundle, args.posters)))
 
 
+def cmd_infer(args: argparse.Namespace) -> None:
+    from poster_ray.infer import format_summary, run_inference
+
+    summary = run_inference(
+        Path(args.bundle),
+        args.input,
+        Path(args.output),
+        workers=args.workers,
+        gpu=args.gpu,
+        batch_size=args.batch_size,
+        all_probabilities=args.all_probabilities,
+        num_cpus=args.num_cpus,
+    )
+    print(format_summary(summary))
+
+
 def existing_run(path: str) -> RunDir:
     run = RunDir(Path(path))
     if not run.manifest.is_file():
@@ -94,18 +113,24 @@ PROFILES = {
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
-    """Every stage that exists, end to end: prepare, train, evaluate, predict samples."""
+    """Every stage, end to end: prepare, train, evaluate, predict samples, bulk inference."""
     for key, value in PROFILES[args.profile].items():
         if getattr(args, key) is None:  # not given on the command line
             setattr(args, key, value)
     cmd_prepare(args)
     args.run, args.name, args.hparams = args.out, None, "{}"
     cmd_train(args)
-    samples = sorted(str(path) for path in Path(args.data_dir, "samples").glob("*.jpg"))
-    if samples:
-        args.bundle = str(Path(args.out, "models", args.model, "bundle"))
-        args.posters = samples
+    args.bundle = str(Path(args.out, "models", args.model, "bundle"))
+    args.posters = sorted(str(path) for path in Path(args.data_dir, "samples").glob("*.jpg"))
+    if args.posters:
         cmd_predict(args)
+    # Bulk inference over every prepared poster (the manifest has a path column).
+    args.input, args.output = (
+        str(RunDir(Path(args.out)).manifest),
+        str(Path(args.out, "predictions")),
+    )
+    args.workers, args.batch_size, args.all_probabilities = 1, 64, False
+    cmd_infer(args)
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -166,6 +191,21 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("bundle", help="a model bundle directory (RUN/models/NAME/bundle)")
     predict.add_argument("posters", nargs="+", help="poster image files")
     predict.set_defaults(func=cmd_predict)
+
+    infer = commands.add_parser("infer", help="bulk predictions to Parquet; rerun to resume")
+    infer.add_argument("bundle", help="a model bundle directory (RUN/models/NAME/bundle)")
+    infer.add_argument(
+        "--input", required=True, help="a folder, a glob, a text file of paths, or a Parquet file"
+    )
+    infer.add_argument("--output", required=True, help="folder for part-*.parquet")
+    infer.add_argument("--workers", type=int, default=1, help="model actors")
+    infer.add_argument("--gpu", action="store_true", help="one GPU per model actor")
+    infer.add_argument("--batch-size", type=int, default=64, help="posters per model call")
+    infer.add_argument(
+        "--all-probabilities", action="store_true", help="also write every genre's probability"
+    )
+    infer.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    infer.set_defaults(func=cmd_infer)
 
     pipeline = commands.add_parser("pipeline", help="run every stage end to end")
     add_data_args(pipeline)

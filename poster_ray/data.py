@@ -37,6 +37,7 @@ from poster_ray.config import (
 )
 from poster_ray.errors import PosterRayError
 from poster_ray.images import decode_files, pack_images, unpack_images
+from poster_ray.runtime import init_ray
 
 # Ids name files: anything beyond these characters could escape the Images folder.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -327,8 +328,12 @@ def prepare(
     spec: PreprocessSpec,
     seed: int = 42,
     limit: int | None = None,
+    num_cpus: int | None = None,
 ) -> dict:
-    """Validate, clean, split and decode the dataset into `run`; return the summary."""
+    """Validate, clean, split and decode the dataset into `run`; return the summary.
+
+    Ray starts (or is joined) only once the labels are valid, so bad input fails fast.
+    """
     started = time.perf_counter()
     csv_path = data_dir / "train.csv"
     frame = read_label_csv(csv_path)
@@ -349,6 +354,7 @@ def prepare(
         }
     )
 
+    init_ray(num_cpus)
     run.root.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(run.cache, ignore_errors=True)
     print(f"Decoding {len(records)} posters at {spec.image_size}x{spec.image_size} ...", flush=True)

@@ -94,6 +94,43 @@ def _best_f1_threshold(truth: np.ndarray, scores: np.ndarray) -> float:
     return float(thresholds[np.argmax(f1)])
 
 
+def calibrate_micro_f1_thresholds(
+    y_true: np.ndarray, y_prob: np.ndarray, passes: int = 2
+) -> np.ndarray:
+    """Per-genre thresholds that together maximize micro-F1 on a validation split.
+
+    Each genre's own best-F1 cut-off is low for rare genres, and their false positives
+    sink micro-F1 (on a 1,500-poster quick run it fell from 0.297 at 0.5 to 0.279).
+    Coordinate ascent instead: start from the best single threshold, then move one
+    genre's threshold at a time to where the micro-F1 over all genres is highest.
+    """
+    y_true, y_prob = _check_shapes(y_true, y_prob)
+    truth = y_true.astype(bool)
+    candidates = np.round(np.arange(0.02, 1.0, 0.01), 2)
+
+    def counts(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(tp, fp, fn) of one genre (or all, flattened) at every candidate threshold."""
+        predicted = scores[:, None] >= candidates[None, :]
+        tp = (predicted & labels[:, None]).sum(axis=0)
+        return tp, predicted.sum(axis=0) - tp, labels.sum() - tp
+
+    def micro_f1(tp, fp, fn) -> np.ndarray:
+        return np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros(len(tp)), where=tp > 0)
+
+    n_genres = y_true.shape[1]
+    tp, fp, fn = (
+        np.stack(c)
+        for c in zip(*(counts(y_prob[:, j], truth[:, j]) for j in range(n_genres)), strict=True)
+    )
+    chosen = np.full(n_genres, np.argmax(micro_f1(*counts(y_prob.ravel(), truth.ravel()))))
+    for _ in range(passes):
+        for j in range(n_genres):
+            now = [c[np.arange(n_genres), chosen] for c in (tp, fp, fn)]
+            rest = [c.sum() - c[j] for c in now]
+            chosen[j] = np.argmax(micro_f1(rest[0] + tp[j], rest[1] + fp[j], rest[2] + fn[j]))
+    return candidates[chosen]
+
+
 # --- metrics ----------------------------------------------------------------------------
 
 

@@ -115,6 +115,9 @@ def worker_datasets(run: RunDir, workers: int) -> dict[str, ray.data.Dataset]:
     streaming_split: its lockstep epochs deadlocked when one worker's tf.data prefetch
     ran an epoch ahead of the other's.
     """
+    # Datasets carry the context they were made in: no iteration progress bars in the
+    # workers, whose per-epoch lines say more and cost the driver less.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     shards = {
         f"train_{rank}": load_split(run, "train", shuffle=True, shard=(rank, workers))
         for rank in range(workers)

@@ -83,7 +83,7 @@ def test_metrics_json_layout(written, run):
 
 def test_thresholds_are_calibrated_on_the_val_split(written, model_dir, run):
     val_labels, val_prob = split_predictions(model_dir, run, "val")
-    expected = metrics.calibrate_thresholds(val_labels, val_prob)
+    expected = metrics.calibrate_micro_f1_thresholds(val_labels, val_prob)
     np.testing.assert_allclose(written["thresholds"], expected)
     used = [row["threshold"] for row in written["test@calibrated"]["per_genre"]]
     np.testing.assert_allclose(used, expected)

@@ -9,6 +9,7 @@ import pytest
 
 from poster_ray.metrics import (
     baseline_metrics,
+    calibrate_micro_f1_thresholds,
     calibrate_thresholds,
     classification_metrics,
     comparison_table,
@@ -199,3 +200,15 @@ def test_plot_history_writes_present_curves_only(tmp_path):
         assert path.read_bytes().startswith(b"\x89PNG")
     assert not (tmp_path / "curves" / "curve_recall.png").exists()
     assert not (tmp_path / "curves" / "curve_auc.png").exists()
+
+
+def test_micro_f1_calibration_silences_a_rare_genre_that_only_adds_false_positives():
+    # Genre A separates perfectly above 0.2; genre B's one positive scores lowest, so its
+    # own best-F1 cut-off (0.3) predicts B everywhere: TP 1, FP 5 for B. Micro-F1 with A
+    # perfect (TP 4): with B predicted 10/15 = 0.667, with B never predicted 8/9 = 0.889.
+    y_true = np.array([[1, 1], [1, 0], [1, 0], [1, 0], [0, 0], [0, 0]])
+    y_prob = np.array([[0.9, 0.3], [0.8, 0.35], [0.7, 0.4], [0.6, 0.45], [0.2, 0.5], [0.1, 0.55]])
+    assert calibrate_thresholds(y_true, y_prob)[1] == pytest.approx(0.3)
+    thresholds = calibrate_micro_f1_thresholds(y_true, y_prob)
+    assert 0.2 < thresholds[0] <= 0.6
+    assert thresholds[1] > 0.55

@@ -86,3 +86,19 @@ def test_a_model_too_deep_for_the_image_size_fails_in_the_driver(run):
     config = replace(TINY, hparams={})  # the seed's 4 blocks of 5x5 need ~94 px
     with pytest.raises(PosterRayError, match="cannot build custom_cnn for 32x32"):
         train.train(run, "too-deep", config)
+
+
+def test_vgg16_trains_from_scratch_with_weights_none(run):
+    config = TrainConfig(
+        model="vgg16",
+        epochs=1,
+        batch_size=8,
+        workers=1,
+        early_stopping=0,
+        weights="none",
+        hparams={"dense_units": 16, "trainable_blocks": 1},
+    )
+    out = train.train(run, "vgg-tiny", config)
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) == 1 and np.isfinite(history[0]["val_loss"])
+    assert json.loads((out / "train_config.json").read_text())["model"] == "vgg16"
