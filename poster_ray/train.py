@@ -37,6 +37,7 @@ def model_dir(run: RunDir, name: str) -> Path:
 
 def train(run: RunDir, name: str, config: TrainConfig) -> Path:
     """Train (or resume) run `name` on the prepared `run`; returns its model directory."""
+    check_settings(config)
     genres = run.load_genres()
     spec = PreprocessSpec.load(run.preprocess)
     check_model_builds(config, len(genres), spec.image_size)
@@ -46,6 +47,7 @@ def train(run: RunDir, name: str, config: TrainConfig) -> Path:
             **asdict(config),
             "num_genres": len(genres),
             "image_size": spec.image_size,
+            "per_worker_batch": per_worker_batch(config),
             "steps": step_counts(run, config),
         },
         scaling_config=ScalingConfig(
@@ -77,6 +79,23 @@ def train(run: RunDir, name: str, config: TrainConfig) -> Path:
         raise PosterRayError(f"training run {name!r} reported no checkpoint")
     chosen = best_checkpoint(result) if config.early_stopping else result.checkpoint
     return export_model(run, name, config, chosen, result.checkpoint)
+
+
+def check_settings(config: TrainConfig) -> None:
+    """Counts that must be positive, checked before Ray starts anything."""
+    for setting in ("workers", "epochs", "batch_size"):
+        if getattr(config, setting) < 1:
+            raise PosterRayError(f"--{setting.replace('_', '-')} must be at least 1")
+    if config.batch_size < config.workers:
+        raise PosterRayError(
+            f"--batch-size {config.batch_size} is smaller than --workers {config.workers}: "
+            "every worker needs at least one poster per step"
+        )
+
+
+def per_worker_batch(config: TrainConfig) -> int:
+    """Each worker's share of the global batch."""
+    return config.batch_size // config.workers
 
 
 def check_model_builds(config: TrainConfig, num_genres: int, image_size: int) -> None:
@@ -134,13 +153,10 @@ def step_counts(run: RunDir, config: TrainConfig) -> dict[str, int]:
     A training epoch is one pass over the smallest shard; validation covers the whole
     validation split on every worker.
     """
-    per_worker_batch = max(1, config.batch_size // config.workers)
+    batch = per_worker_batch(config)
     train_rows = min(shard_sizes(run, "train", config.workers))
     val_rows = shard_sizes(run, "val", 1)[0]
-    return {
-        "train": max(1, train_rows // per_worker_batch),
-        "val": max(1, val_rows // per_worker_batch),
-    }
+    return {"train": max(1, train_rows // batch), "val": max(1, val_rows // batch)}
 
 
 def worker_cpus(config: TrainConfig) -> float:
@@ -197,7 +213,7 @@ def train_loop_per_worker(config: dict) -> None:
     # Keras 3 fails under MultiWorkerMirroredStrategy with 2+ workers (keras#20585); Ray
     # sets TF_USE_LEGACY_KERAS=1 on workers and poster_ray builds with tf-keras, which works.
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    per_replica_batch = max(1, config["batch_size"] // strategy.num_replicas_in_sync)
+    per_replica_batch = config["per_worker_batch"]  # one replica per worker
     steps = config["steps"]
 
     with strategy.scope():

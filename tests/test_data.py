@@ -430,3 +430,8 @@ def test_real_csv_has_24_genres_and_splits_70_15_15():
     assert kept["Id"].is_unique
     ids_per_split = pd.DataFrame({"id": kept["Id"], "split": assignment}).groupby("id")["split"]
     assert (ids_per_split.nunique() == 1).all()
+
+
+def test_tiny_image_size_is_refused(tmp_path, synthetic_dataset):
+    with pytest.raises(PosterRayError, match="--image-size 8 is too small"):
+        data.prepare(synthetic_dataset, RunDir(tmp_path / "run"), PreprocessSpec(8))

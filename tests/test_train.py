@@ -102,3 +102,16 @@ def test_vgg16_trains_from_scratch_with_weights_none(run):
     history = json.loads((out / "history.json").read_text())
     assert len(history) == 1 and np.isfinite(history[0]["val_loss"])
     assert json.loads((out / "train_config.json").read_text())["model"] == "vgg16"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"workers": 0}, "--workers must be at least 1"),
+        ({"epochs": 0}, "--epochs must be at least 1"),
+        ({"batch_size": 1}, "--batch-size 1 is smaller than --workers 2"),
+    ],
+)
+def test_bad_counts_fail_before_ray_starts_anything(run, change, message):
+    with pytest.raises(PosterRayError, match=message):
+        train.train(run, "bad", replace(TINY, **change))
