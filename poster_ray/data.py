@@ -334,8 +334,8 @@ def prepare(
 
     Ray starts (or is joined) only once the labels are valid, so bad input fails fast.
     """
-    if spec.image_size < 32:
-        raise PosterRayError(f"--image-size {spec.image_size} is too small: use at least 32")
+    if spec.image_size < 1:
+        raise PosterRayError(f"--image-size must be at least 1, got {spec.image_size}")
     started = time.perf_counter()
     csv_path = data_dir / "train.csv"
     frame = read_label_csv(csv_path)

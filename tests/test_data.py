@@ -432,6 +432,6 @@ def test_real_csv_has_24_genres_and_splits_70_15_15():
     assert (ids_per_split.nunique() == 1).all()
 
 
-def test_tiny_image_size_is_refused(tmp_path, synthetic_dataset):
-    with pytest.raises(PosterRayError, match="--image-size 8 is too small"):
-        data.prepare(synthetic_dataset, RunDir(tmp_path / "run"), PreprocessSpec(8))
+def test_zero_image_size_is_refused(tmp_path, synthetic_dataset):
+    with pytest.raises(PosterRayError, match="--image-size must be at least 1, got 0"):
+        data.prepare(synthetic_dataset, RunDir(tmp_path / "run"), PreprocessSpec(0))
