@@ -8,7 +8,15 @@ import os
 import sys
 from pathlib import Path
 
-from poster_ray.config import MODEL_NAMES, PreprocessSpec, RunDir, TrainConfig
+from poster_ray.config import (
+    MODEL_NAMES,
+    MONITORS,
+    SEARCHERS,
+    PreprocessSpec,
+    RunDir,
+    TrainConfig,
+    TuneSettings,
+)
 from poster_ray.errors import PosterRayError
 
 
@@ -66,6 +74,46 @@ def evaluate_and_print(model_dir: Path, run: RunDir) -> None:
     print(f"report: {model_dir / 'report.md'}; bundle: {model_dir / 'bundle'}")
 
 
+def cmd_tune(args: argparse.Namespace) -> None:
+    from poster_ray import tune
+    from poster_ray.runtime import init_ray
+
+    run = existing_run(args.run)
+    settings = TuneSettings(
+        trials=args.trials,
+        max_epochs=args.max_epochs,
+        searcher=args.searcher,
+        objective=args.objective,
+        time_budget_s=args.time_budget,
+        concurrency=args.concurrency,
+        grace_period=args.grace_period,
+        seed=args.seed,
+    )
+    base = TrainConfig(
+        model=args.model,
+        workers=args.workers_per_trial,
+        gpu=args.gpu,
+        cpus_per_worker=args.cpus_per_worker,
+        mixed_precision=args.mixed_precision,
+        weights=args.weights,
+    )
+    init_ray(args.num_cpus)
+    out = tune.tune_model(run, args.name or f"tuned_{args.model}", base, settings)
+    print(tune.format_summary(out))
+    evaluate_and_print(out, run)
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from poster_ray.evaluate import compare_models
+
+    table = compare_models([Path(path) for path in args.paths])
+    print(table)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(f"# Model comparison (test split)\n\n{table}")
+    print(f"wrote {output}")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     model_dir = Path(args.model_dir)
     if not (model_dir / "model.keras").is_file():
@@ -107,19 +155,42 @@ def existing_run(path: str) -> RunDir:
 # The quick profile: a sample of posters, smaller images, a few epochs, so that the whole
 # pipeline runs in minutes on a 2-core laptop; full is the real thing.
 PROFILES = {
-    "quick": {"limit": 1500, "image_size": 128, "epochs": 4, "workers": 2, "mixed_precision": True},
-    "full": {"limit": None, "image_size": 250, "epochs": 30, "workers": 2, "mixed_precision": True},
+    "quick": {
+        "limit": 1500,
+        "image_size": 128,
+        "epochs": 4,
+        "workers": 2,
+        "mixed_precision": True,
+        "trials": 3,
+        "max_epochs": 2,
+    },
+    "full": {
+        "limit": None,
+        "image_size": 250,
+        "epochs": 30,
+        "workers": 2,
+        "mixed_precision": True,
+        "trials": 12,
+        "max_epochs": 10,
+    },
 }
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
-    """Every stage, end to end: prepare, train, evaluate, predict samples, bulk inference."""
+    """Every stage, end to end: prepare, train, evaluate, tune, compare, predict samples,
+    bulk inference."""
     for key, value in PROFILES[args.profile].items():
         if getattr(args, key) is None:  # not given on the command line
             setattr(args, key, value)
     cmd_prepare(args)
     args.run, args.name, args.hparams = args.out, None, "{}"
     cmd_train(args)
+    # Tune the same model (its first trial is the untuned default), then compare.
+    args.workers_per_trial, args.concurrency, args.grace_period = args.workers, 1, 1
+    args.searcher, args.objective, args.time_budget = "tpe", TuneSettings.objective, None
+    cmd_tune(args)
+    args.paths, args.output = [args.out], str(Path(args.out, "comparison.md"))
+    cmd_compare(args)
     args.bundle = str(Path(args.out, "models", args.model, "bundle"))
     args.posters = sorted(str(path) for path in Path(args.data_dir, "samples").glob("*.jpg"))
     if args.posters:
@@ -169,6 +240,43 @@ def add_train_args(parser: argparse.ArgumentParser, include_num_cpus: bool = Tru
         parser.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
 
 
+def add_tune_args(parser: argparse.ArgumentParser) -> None:
+    defaults = TuneSettings()
+    parser.add_argument("run", help="a prepared run directory")
+    parser.add_argument("--model", choices=MODEL_NAMES, default=TrainConfig.model)
+    parser.add_argument("--name", help="experiment and model name (default: tuned_MODEL)")
+    parser.add_argument("--trials", type=int, default=defaults.trials)
+    parser.add_argument("--max-epochs", type=int, default=defaults.max_epochs)
+    parser.add_argument(
+        "--searcher",
+        choices=SEARCHERS,
+        default=defaults.searcher,
+        help="tpe: Optuna TPE; gp: Gaussian process (needs the bayesopt extra)",
+    )
+    parser.add_argument("--objective", choices=list(MONITORS), default=defaults.objective)
+    parser.add_argument("--workers-per-trial", type=int, default=1)
+    parser.add_argument(
+        "--concurrency", type=int, default=defaults.concurrency, help="trials at once"
+    )
+    parser.add_argument("--time-budget", type=float, help="seconds; then the best so far wins")
+    parser.add_argument(
+        "--grace-period",
+        type=int,
+        default=defaults.grace_period,
+        help="epochs before ASHA may stop a trial",
+    )
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="searcher seed")
+    parser.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    parser.add_argument("--cpus-per-worker", type=float, help="default: all CPUs but one, shared")
+    parser.add_argument(
+        "--mixed-precision", action="store_true", help="bfloat16 on CPU, float16 on GPU"
+    )
+    parser.add_argument(
+        "--weights", default=TrainConfig.weights, help="vgg16: none, imagenet or a .h5 file"
+    )
+    parser.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="poster-ray", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -181,6 +289,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("run", help="a prepared run directory")
     add_train_args(train)
     train.set_defaults(func=cmd_train)
+
+    tune = commands.add_parser(
+        "tune", help="search hyperparameters with Ray Tune; rerun the same command to resume"
+    )
+    add_tune_args(tune)
+    tune.set_defaults(func=cmd_tune)
+
+    compare = commands.add_parser(
+        "compare", help="one table of evaluated models beside the trivial baselines"
+    )
+    compare.add_argument("paths", nargs="+", help="model dirs (RUN/models/NAME) or whole runs")
+    compare.add_argument("--output", default="comparison.md", help="Markdown file to write")
+    compare.set_defaults(func=cmd_compare)
 
     evaluate = commands.add_parser("evaluate", help="test-split metrics beside baselines")
     evaluate.add_argument("model_dir", help="RUN/models/NAME, as written by train")
@@ -211,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(pipeline)
     add_train_args(pipeline, include_num_cpus=False)
     pipeline.add_argument("--profile", choices=list(PROFILES), default="quick")
+    pipeline.add_argument("--trials", type=int, help="tuning trials")
+    pipeline.add_argument("--max-epochs", type=int, help="epochs per tuning trial, at most")
     pipeline.set_defaults(func=cmd_pipeline, **dict.fromkeys(PROFILES["quick"]))
     return parser
 

@@ -85,6 +85,12 @@ class RunDir:
         return json.loads(self.genres.read_text())
 
 
+# Validation metrics that can pick the best epoch or trial, with their direction. None of
+# them rewards predicting nothing: val_pr_auc is Keras' micro-averaged precision-recall
+# AUC (close to micro average precision), val_micro_f1 is micro-F1 at 0.5.
+MONITORS = {"val_loss": "min", "val_pr_auc": "max", "val_micro_f1": "max"}
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run; saved with its model."""
@@ -97,8 +103,29 @@ class TrainConfig:
     gpu: bool = False
     cpus_per_worker: float | None = None  # None: leave one CPU to Ray Data
     mixed_precision: bool = False
-    early_stopping: int = 3  # patience in epochs on val_loss; 0 turns it off
+    early_stopping: int = 3  # patience in epochs on `monitor`; 0 turns it off
+    monitor: str = "val_loss"  # picks the best epoch: one of MONITORS
     weights: str = "none"  # vgg16 only: none, imagenet or a .h5 path
     hparams: dict = field(default_factory=dict)
     max_failures: int = 2
     shuffle_buffer: int = 256
+
+
+SEARCHERS = ("tpe", "gp")  # Optuna's TPE; Gaussian-process BayesOptSearch
+
+
+@dataclass
+class TuneSettings:
+    """What a tuning experiment searches, and how it spends its time."""
+
+    trials: int = 10
+    max_epochs: int = 10
+    searcher: str = "tpe"  # tpe: Optuna's TPE; gp: Gaussian-process BayesOptSearch
+    objective: str = "val_pr_auc"  # one of config.MONITORS
+    time_budget_s: float | None = None
+    concurrency: int = 1  # trials at once
+    grace_period: int = 1  # epochs every trial trains before ASHA may stop it
+    reduction_factor: int = 2  # ASHA keeps the best 1/reduction_factor at each rung
+    seed: int = 0
+    # Configurations tried first, before the searcher's own; default: the untuned model.
+    start_points: list[dict] = field(default_factory=list)

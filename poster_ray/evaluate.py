@@ -11,6 +11,7 @@ that ``poster-ray predict`` loads.
     {
         "model": str,
         "genres": [str, ...],
+        "test_split": str,                  # hash of the test ids (see split_fingerprint)
         "thresholds": [float, ...],         # calibrated on val, one per genre
         "headline": {...},                  # as returned by evaluate_model_dir, minus rows
         "test@0.5": metrics,
@@ -22,6 +23,7 @@ that ``poster-ray predict`` loads.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ import tf_keras as keras
 from poster_ray import data, metrics, models
 from poster_ray.bundle import check_model_matches, write_bundle, write_json
 from poster_ray.config import PreprocessSpec, RunDir
+from poster_ray.errors import PosterRayError
 
 MODEL_AT_HALF = "model @ 0.5"
 MODEL_CALIBRATED = "model @ calibrated"
@@ -59,10 +62,17 @@ def train_labels(run: RunDir) -> np.ndarray:
     return np.stack(manifest.loc[manifest["split"] == "train", "labels"].to_numpy())
 
 
-def predict_split(model: keras.Model, run: RunDir, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, probabilities) of one cached split."""
-    _, images, labels = data.read_split_arrays(run, split)
-    return labels, predict_arrays(model, images)
+def predict_split(
+    model: keras.Model, run: RunDir, split: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, labels, probabilities) of one cached split."""
+    ids, images, labels = data.read_split_arrays(run, split)
+    return ids, labels, predict_arrays(model, images)
+
+
+def split_fingerprint(ids: np.ndarray) -> str:
+    """A hash of a split's poster ids: equal only for scores on the same posters."""
+    return hashlib.sha256("\n".join(sorted(map(str, ids))).encode()).hexdigest()[:16]
 
 
 def evaluate_model_dir(model_dir: Path, run: RunDir) -> dict:
@@ -81,8 +91,8 @@ def evaluate_model_dir(model_dir: Path, run: RunDir) -> dict:
     history = read_json(model_dir / "history.json", default=[])
     name = train_config.get("model", model_dir.name)
 
-    val_labels, val_prob = predict_split(model, run, "val")
-    test_labels, test_prob = predict_split(model, run, "test")
+    _, val_labels, val_prob = predict_split(model, run, "val")
+    test_ids, test_labels, test_prob = predict_split(model, run, "test")
     thresholds = metrics.calibrate_micro_f1_thresholds(val_labels, val_prob)
     rows = {
         MODEL_AT_HALF: metrics.classification_metrics(test_labels, test_prob, 0.5, genres),
@@ -97,6 +107,7 @@ def evaluate_model_dir(model_dir: Path, run: RunDir) -> dict:
         model_dir / "metrics.json",
         {
             "model": name,
+            "test_split": split_fingerprint(test_ids),
             "genres": genres,
             "thresholds": thresholds.tolist(),
             "headline": summary,
@@ -150,6 +161,61 @@ def format_headline(result: dict) -> str:
         f"thresholds ({result['micro_f1@0.5']:.3f} at 0.5) {verdict} "
         f"'{result['baseline']}' ({result['baseline_micro_f1']:.3f})"
     )
+
+
+def compare_models(paths: list[Path]) -> str:
+    """One Markdown table of evaluated models, each at its calibrated thresholds and at
+    0.5, beside the trivial baselines: the seed report's model comparison.
+
+    `paths` are model directories or whole runs (all their evaluated models). Models
+    must have been scored on the same test posters, or the table would mislead.
+    """
+    evaluated = {
+        model_dir: read_json(model_dir / "metrics.json", {}) for model_dir in model_dirs(paths)
+    }
+    splits = {model_dir: result.get("test_split") for model_dir, result in evaluated.items()}
+    if len(set(splits.values())) > 1:
+        listing = ", ".join(f"{path} ({split})" for path, split in splits.items())
+        raise PosterRayError(f"these models were tested on different test splits: {listing}")
+    labels = model_labels(list(evaluated))
+    rows = {}
+    for model_dir, result in evaluated.items():
+        rows[f"{labels[model_dir]} @ calibrated"] = result["test@calibrated"]
+        rows[f"{labels[model_dir]} @ 0.5"] = result["test@0.5"]
+    rows.update(next(iter(evaluated.values()))["baselines"])
+    return metrics.comparison_table(rows)
+
+
+def model_dirs(paths: list[Path]) -> list[Path]:
+    """The evaluated model directories that `paths` name, directly or as whole runs."""
+    found = []
+    for path in paths:
+        if (path / "metrics.json").is_file():
+            found.append(path)
+        elif RunDir(path).manifest.is_file():
+            in_run = sorted(
+                metrics_file.parent for metrics_file in path.glob("models/*/metrics.json")
+            )
+            if not in_run:
+                raise PosterRayError(f"{path}: no evaluated model under {path / 'models'}")
+            found.extend(in_run)
+        else:
+            raise PosterRayError(
+                f"{path}: neither an evaluated model (no metrics.json: run `poster-ray "
+                "evaluate`) nor a prepared run"
+            )
+    return list(dict.fromkeys(found))
+
+
+def model_labels(model_dirs: list[Path]) -> dict[Path, str]:
+    """Each model's directory name, or run/name where two runs share a model name."""
+    names = [model_dir.name for model_dir in model_dirs]
+    return {
+        model_dir: model_dir.name
+        if names.count(model_dir.name) == 1
+        else f"{model_dir.parent.parent.name}/{model_dir.name}"
+        for model_dir in model_dirs
+    }
 
 
 def read_json(path: Path, default: Any) -> Any:

@@ -43,7 +43,7 @@ from sklearn.metrics import (
 
 AVERAGES = ("micro", "macro", "weighted", "samples")
 # Keras history keys plotted by plot_history, each against its "val_" twin.
-CURVE_METRICS = ("precision", "recall", "auc", "loss")
+CURVE_METRICS = ("precision", "recall", "auc", "pr_auc", "loss")
 # Headline columns: (header, path into a classification_metrics dict).
 HEADLINE_COLUMNS = (
     ("micro P", ("micro", "precision")),
@@ -311,6 +311,14 @@ def markdown_report(
     return "\n".join(parts) + "\n"
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """A Markdown table of dicts sharing their keys, numbers formatted as in reports."""
+    header = list(rows[0]) if rows else []
+    lines = [_markdown_row(header), _markdown_row(["---"] * len(header))]
+    lines += [_markdown_row([_fmt(row[key]) for key in header]) for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 def _lookup(metrics: dict, path: tuple[str, ...]) -> float | None:
     """Follow a key path such as ("micro", "f1") into a metrics dict."""
     value = metrics
@@ -319,13 +327,14 @@ def _lookup(metrics: dict, path: tuple[str, ...]) -> float | None:
     return value
 
 
-def _fmt(value: float | int | None) -> str:
-    """Three decimals for scores, integers as-is, None as n/a."""
-    if value is None:
+def _fmt(value) -> str:
+    """Scores to three decimals (small ones in scientific notation), integers and text
+    as they are, missing values as n/a."""
+    if value is None or isinstance(value, float) and np.isnan(value):
         return "n/a"
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.3f}"
+    if isinstance(value, float | np.floating):
+        return f"{value:.3f}" if value == 0 or abs(value) >= 0.01 else f"{value:.2e}"
+    return str(value)
 
 
 def _markdown_row(cells: list[str]) -> str:
@@ -364,3 +373,29 @@ def plot_history(history: dict[str, list[float]], out_dir: Path) -> list[Path]:
         figure.savefig(path, dpi=100)
         written.append(path)
     return written
+
+
+def plot_trials(trials: list[dict], objective: str, higher_is_better: bool, path: Path) -> Path:
+    """Each tuning trial's best objective in the order the searcher proposed them, with
+    the best so far as a line: how fast the search found what it found."""
+    figure = Figure(figsize=(7, 4))
+    axes = figure.add_subplot()
+    scored = [trial for trial in trials if trial["best"] is not None and np.isfinite(trial["best"])]
+    for status, marker in (("completed", "o"), ("stopped early", "x"), ("error", "s")):
+        points = [(trial["trial"], trial["best"]) for trial in scored if trial["status"] == status]
+        if points:
+            axes.scatter(*zip(*points, strict=True), marker=marker, label=status)
+    if scored:
+        values = [trial["best"] for trial in scored]
+        running = (
+            np.maximum.accumulate(values) if higher_is_better else np.minimum.accumulate(values)
+        )
+        axes.step([trial["trial"] for trial in scored], running, where="post", label="best so far")
+    axes.set_title(f"{objective} per trial (best epoch)")
+    axes.set_xlabel("trial")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_ylabel(objective)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    return path

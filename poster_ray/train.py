@@ -12,7 +12,8 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import ray
@@ -22,13 +23,14 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.tensorflow import TensorflowTrainer
 
 from poster_ray import models
-from poster_ray.config import PreprocessSpec, RunDir, TrainConfig
+from poster_ray.config import MONITORS, PreprocessSpec, RunDir, TrainConfig
 from poster_ray.data import load_split, shard_sizes
 from poster_ray.errors import PosterRayError
 from poster_ray.metrics import plot_history
 
 MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.json"
+PLACEMENT_GROUP_KEY = "placement_group"
 
 
 def model_dir(run: RunDir, name: str) -> Path:
@@ -38,35 +40,9 @@ def model_dir(run: RunDir, name: str) -> Path:
 def train(run: RunDir, name: str, config: TrainConfig) -> Path:
     """Train (or resume) run `name` on the prepared `run`; returns its model directory."""
     check_settings(config)
-    genres = run.load_genres()
     spec = PreprocessSpec.load(run.preprocess)
-    check_model_builds(config, len(genres), spec.image_size)
-    trainer = TensorflowTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            **asdict(config),
-            "num_genres": len(genres),
-            "image_size": spec.image_size,
-            "per_worker_batch": per_worker_batch(config),
-            "steps": step_counts(run, config),
-        },
-        scaling_config=ScalingConfig(
-            num_workers=config.workers,
-            use_gpu=config.gpu,
-            resources_per_worker={"CPU": worker_cpus(config)},
-        ),
-        run_config=RunConfig(
-            name=name,
-            storage_path=str((run.root / "ray").resolve()),
-            failure_config=FailureConfig(max_failures=config.max_failures),
-            # Ray always keeps the latest checkpoint too (for resuming), beside the best.
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
-            ),
-        ),
-        datasets=worker_datasets(run, config.workers),
-        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
-    )
+    check_model_builds(config, len(run.load_genres()), spec.image_size)
+    trainer = make_trainer(load_training_data(run, config.workers), config, name, run.root / "ray")
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as error:
@@ -77,8 +53,76 @@ def train(run: RunDir, name: str, config: TrainConfig) -> Path:
         ) from None
     if result.checkpoint is None:
         raise PosterRayError(f"training run {name!r} reported no checkpoint")
-    chosen = best_checkpoint(result) if config.early_stopping else result.checkpoint
-    return export_model(run, name, config, chosen, result.checkpoint)
+    chosen = best_checkpoint(result, config.monitor) if config.early_stopping else None
+    return export_model(run, name, config, chosen or result.checkpoint, result.checkpoint)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What a training run reads, prepared once in the driver and shared by every run
+    (a tuning experiment's trials too): the materialized datasets and their sizes."""
+
+    datasets: dict[str, ray.data.Dataset]
+    train_rows: int  # in the smallest worker shard
+    val_rows: int
+    num_genres: int
+    image_size: int
+
+    @property
+    def workers(self) -> int:
+        return len(self.datasets) - 1  # one train shard per worker, plus val
+
+
+def load_training_data(run: RunDir, workers: int) -> TrainingData:
+    return TrainingData(
+        datasets=worker_datasets(run, workers),
+        train_rows=min(shard_sizes(run, "train", workers)),
+        val_rows=shard_sizes(run, "val", 1)[0],
+        num_genres=len(run.load_genres()),
+        image_size=PreprocessSpec.load(run.preprocess).image_size,
+    )
+
+
+def make_trainer(
+    data: TrainingData,
+    config: TrainConfig,
+    name: str,
+    storage: Path,
+    callbacks: Sequence[ray.train.UserCallback] = (),
+) -> TensorflowTrainer:
+    """A Ray Train run `name` under `storage`: same name, same storage resumes it."""
+    if data.workers != config.workers:
+        raise ValueError(f"data is sharded for {data.workers} workers, not {config.workers}")
+    return TensorflowTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            **asdict(config),
+            "num_genres": data.num_genres,
+            "image_size": data.image_size,
+            "per_worker_batch": per_worker_batch(config),
+            "steps": step_counts(data, config),
+            "monitor_mode": MONITORS[config.monitor],
+        },
+        scaling_config=ScalingConfig(
+            num_workers=config.workers,
+            use_gpu=config.gpu,
+            resources_per_worker={"CPU": worker_cpus(config)},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(Path(storage).resolve()),
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            # Ray always keeps the latest checkpoint too (for resuming), beside the best.
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=1,
+                checkpoint_score_attribute=config.monitor,
+                checkpoint_score_order=MONITORS[config.monitor],
+            ),
+            callbacks=list(callbacks),
+        ),
+        datasets=data.datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
+    )
 
 
 def check_settings(config: TrainConfig) -> None:
@@ -86,6 +130,8 @@ def check_settings(config: TrainConfig) -> None:
     for setting in ("workers", "epochs", "batch_size"):
         if getattr(config, setting) < 1:
             raise PosterRayError(f"--{setting.replace('_', '-')} must be at least 1")
+    if config.monitor not in MONITORS:
+        raise PosterRayError(f"unknown monitor {config.monitor!r}; choose one of {list(MONITORS)}")
     if config.batch_size < config.workers:
         raise PosterRayError(
             f"--batch-size {config.batch_size} is smaller than --workers {config.workers}: "
@@ -147,16 +193,20 @@ def worker_datasets(run: RunDir, workers: int) -> dict[str, ray.data.Dataset]:
     }
 
 
-def step_counts(run: RunDir, config: TrainConfig) -> dict[str, int]:
+def step_counts(data: TrainingData, config: TrainConfig) -> dict[str, int]:
     """Steps per epoch, the same on every worker (Keras needs them for distributed data).
 
     A training epoch is one pass over the smallest shard; validation covers the whole
     validation split on every worker.
     """
     batch = per_worker_batch(config)
-    train_rows = min(shard_sizes(run, "train", config.workers))
-    val_rows = shard_sizes(run, "val", 1)[0]
-    return {"train": max(1, train_rows // batch), "val": max(1, val_rows // batch)}
+    for split, rows in (("train", data.train_rows), ("validation", data.val_rows)):
+        if rows < batch:
+            raise PosterRayError(
+                f"the {split} split has {rows} posters per worker, fewer than one batch of "
+                f"{batch}: lower --batch-size (it is global) or --workers"
+            )
+    return {"train": data.train_rows // batch, "val": data.val_rows // batch}
 
 
 def worker_cpus(config: TrainConfig) -> float:
@@ -171,10 +221,13 @@ def worker_cpus(config: TrainConfig) -> float:
     return max(0.25, (cluster_cpus - 1.0) / config.workers)
 
 
-def best_checkpoint(result: ray.train.Result) -> ray.train.Checkpoint:
-    """The checkpoint with the lowest validation loss: early stopping's best weights."""
-    scored = [(metrics["val_loss"], ckpt) for ckpt, metrics in result.best_checkpoints]
-    return min(scored, key=lambda pair: pair[0])[1] if scored else result.checkpoint
+def best_checkpoint(result: ray.train.Result, monitor: str) -> ray.train.Checkpoint | None:
+    """The kept checkpoint with the best `monitor` value: early stopping's best weights."""
+    scored = [(metrics[monitor], ckpt) for ckpt, metrics in result.best_checkpoints]
+    if not scored:
+        return None
+    pick = min if MONITORS[monitor] == "min" else max
+    return pick(scored, key=lambda pair: pair[0])[1]
 
 
 def export_model(
@@ -230,7 +283,11 @@ def train_loop_per_worker(config: dict) -> None:
     callbacks = [EpochReport(history, config["batch_size"], rank)]
     if config["early_stopping"]:
         callbacks.append(
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=config["early_stopping"])
+            keras.callbacks.EarlyStopping(
+                monitor=config["monitor"],
+                mode=config["monitor_mode"],
+                patience=config["early_stopping"],
+            )
         )
     model.fit(
         train_data,
@@ -319,6 +376,8 @@ class EpochReport(keras.callbacks.Callback):
         train_seconds = self.train_seconds or time.perf_counter() - self.started
         metrics = {key: float(value) for key, value in (logs or {}).items()}
         metrics.update(
+            micro_f1=micro_f1(metrics["precision"], metrics["recall"]),
+            val_micro_f1=micro_f1(metrics["val_precision"], metrics["val_recall"]),
             epoch=epoch + 1,
             seconds=round(time.perf_counter() - self.started, 2),
             train_images_per_s=round(self.steps * self.global_batch / train_seconds, 2),
@@ -333,4 +392,20 @@ class EpochReport(keras.callbacks.Callback):
             self.model.save(Path(directory) / MODEL_FILE)
             (Path(directory) / HISTORY_FILE).write_text(json.dumps(self.history))
             checkpoint = ray.train.Checkpoint.from_directory(directory) if self.rank == 0 else None
-            ray.train.report(metrics, checkpoint=checkpoint)
+            ray.train.report({**metrics, **placement_group_of_this_worker()}, checkpoint=checkpoint)
+
+
+def micro_f1(precision: float, recall: float) -> float:
+    """F1 of Keras' micro precision and recall (at 0.5); 0 when nothing is predicted."""
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
+def placement_group_of_this_worker() -> dict[str, str]:
+    """The id of the placement group holding this run's workers, for whoever must free it.
+
+    A tuning trial stopped early dies before its Train controller can remove the group,
+    whose lifetime is the whole Ray job's (ray#54305): `tune.release_trial_workers`
+    removes it by this id.
+    """
+    group = ray.util.get_current_placement_group()
+    return {PLACEMENT_GROUP_KEY: group.id.hex()} if group is not None else {}

@@ -57,3 +57,15 @@ def test_prepare_writes_the_run_and_prints_the_summary(
     assert f"train {counts['train']}, val {counts['val']}, test {counts['test']}" in printed
     assert "dropped:  nothing" in printed
     assert f"wrote {out} in" in printed
+
+
+def test_tune_needs_a_prepared_run(tmp_path, capsys):
+    assert main(["tune", str(tmp_path), "--trials", "3"]) == 2
+    assert_one_line_error(capsys, str(tmp_path), "not a prepared run")
+
+
+def test_tune_refuses_training_precision_as_the_objective(tmp_path, capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["tune", str(tmp_path), "--objective", "precision"])
+    assert caught.value.code == 2
+    assert "invalid choice: 'precision'" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Evaluate stage on a prepared synthetic run: metrics, report and bundle beside the model."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,12 @@ from poster_ray import data, metrics, models
 from poster_ray.bundle import load_bundle
 from poster_ray.config import PreprocessSpec, RunDir
 from poster_ray.errors import PosterRayError
-from poster_ray.evaluate import evaluate_model_dir, format_headline, predict_arrays
+from poster_ray.evaluate import (
+    compare_models,
+    evaluate_model_dir,
+    format_headline,
+    predict_arrays,
+)
 
 SPEC = PreprocessSpec(32)
 CONFIG = {"model": "custom_cnn", "epochs": 2, "batch_size": 16, "learning_rate": 1e-3}
@@ -66,6 +72,7 @@ def split_predictions(model_dir, run, split):
 def test_metrics_json_layout(written, run):
     assert set(written) == {
         "model",
+        "test_split",
         "genres",
         "thresholds",
         "headline",
@@ -144,3 +151,52 @@ def test_a_model_for_another_genre_list_is_refused(run, tmp_path):
     model.save(tmp_path / "model.keras")
     with pytest.raises(PosterRayError, match="outputs 3 genres but the genre list has 6"):
         evaluate_model_dir(tmp_path, run)
+
+
+def save_untrained_model(run: RunDir, name: str) -> Path:
+    """A second model to compare: the same CNN, never trained."""
+    model = models.build_custom_cnn(
+        len(run.load_genres()), image_size=SPEC.image_size, filters=(4, 4), dense_units=(8,)
+    )
+    directory = run.root / "models" / name
+    directory.mkdir(parents=True)
+    model.save(directory / "model.keras")
+    return directory
+
+
+def test_compare_tables_every_model_of_a_run_beside_the_baselines(result, run):
+    evaluate_model_dir(save_untrained_model(run, "untrained"), run)
+    table = compare_models([run.root])
+    names = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
+    assert names[:4] == [
+        "custom_cnn @ calibrated",
+        "custom_cnn @ 0.5",
+        "untrained @ calibrated",
+        "untrained @ 0.5",
+    ]
+    assert any(name.startswith("always ") for name in names[4:])
+    assert "| micro F1 | macro F1 |" in table and "ROC-AUC" in table
+
+
+def test_compare_refuses_models_tested_on_different_posters(result, model_dir, tmp_path):
+    other = RunDir(tmp_path / "other-split")
+    data.prepare(make_dataset(tmp_path / "dataset", n=60, seed=3), other, SPEC, seed=2)
+    other_model = save_untrained_model(other, "custom_cnn")
+    evaluate_model_dir(other_model, other)
+    with pytest.raises(PosterRayError, match="different test splits"):
+        compare_models([model_dir, other_model])
+
+
+def test_compare_names_a_path_that_is_not_an_evaluated_model(tmp_path):
+    with pytest.raises(PosterRayError, match="neither an evaluated model"):
+        compare_models([tmp_path])
+
+
+def test_compare_command_prints_and_writes_the_table(result, run, tmp_path, capsys):
+    from poster_ray.cli import main
+
+    output = tmp_path / "report" / "comparison.md"
+    assert main(["compare", str(run.root / "models" / "custom_cnn"), "--output", str(output)]) == 0
+    printed = capsys.readouterr().out
+    assert "custom_cnn @ calibrated" in printed and f"wrote {output}" in printed
+    assert compare_models([run.root / "models" / "custom_cnn"]) in output.read_text()

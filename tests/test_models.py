@@ -179,12 +179,12 @@ def test_load_missing_model_names_the_file(tmp_path):
         models.load_model(tmp_path / "missing.keras")
 
 
-def test_compile_model_tracks_precision_recall_auc():
+def test_compile_model_tracks_precision_recall_and_both_aucs():
     model = models.build_model("custom_cnn", 5, CNN_SIZE)
     models.compile_model(model, learning_rate=0.01)
     assert model.optimizer.learning_rate.numpy() == pytest.approx(0.01)
     model.evaluate(pixels(2, CNN_SIZE), np.eye(2, 5), verbose=0)
-    assert set(model.metrics_names) == {"loss", "precision", "recall", "auc"}
+    assert set(model.metrics_names) == {"loss", "precision", "recall", "auc", "pr_auc"}
 
 
 def test_compile_model_scales_the_loss_under_float16():

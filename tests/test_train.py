@@ -40,8 +40,9 @@ def trained(run: RunDir):
 def test_two_workers_leave_model_history_curves_and_checkpoints(run, trained):
     history = json.loads((trained / "history.json").read_text())
     assert [epoch["epoch"] for epoch in history] == [1, 2]
-    for key in ("loss", "precision", "recall", "auc", "val_loss", "val_auc", "train_images_per_s"):
+    for key in ("loss", "val_loss", "val_auc", "val_pr_auc", "val_micro_f1", "train_images_per_s"):
         assert np.isfinite(history[-1][key]), key
+    assert train.PLACEMENT_GROUP_KEY not in history[-1]  # reported to Ray, not history
     for curve in ("curve_loss.png", "curve_precision.png"):
         assert (trained / curve).stat().st_size > 1000
     config = json.loads((trained / "train_config.json").read_text())
@@ -75,9 +76,13 @@ def test_shards_are_disjoint_stable_and_cover_the_split():
 
 
 def test_step_counts_fit_the_smallest_shard(run):
-    config = replace(TINY, batch_size=4)
-    steps = train.step_counts(run, config)
+    training_data = train.load_training_data(run, workers=2)
+    assert sorted(training_data.datasets) == ["train_0", "train_1", "val"]
+    steps = train.step_counts(training_data, replace(TINY, batch_size=4))
     smallest = min(data.shard_sizes(run, "train", 2))
+    assert training_data.datasets["train_0"].count() + training_data.datasets[
+        "train_1"
+    ].count() == sum(data.shard_sizes(run, "train", 2))
     assert steps["train"] == smallest // 2
     assert steps["val"] == data.shard_sizes(run, "val", 1)[0] // 2
 
