@@ -389,7 +389,9 @@ class EpochReport(keras.callbacks.Callback):
                 f"val_loss {metrics['val_loss']:.4f}, {metrics['train_images_per_s']:.1f} img/s"
             )
         with tempfile.TemporaryDirectory() as directory:
-            self.model.save(Path(directory) / MODEL_FILE)
+            # Explicitly Keras v3 (zip): tf-keras decides per thread, and in a Ray Train
+            # worker thread every save after the first silently wrote HDF5 instead.
+            self.model.save(Path(directory) / MODEL_FILE, save_format="keras_v3")
             (Path(directory) / HISTORY_FILE).write_text(json.dumps(self.history))
             checkpoint = ray.train.Checkpoint.from_directory(directory) if self.rank == 0 else None
             ray.train.report({**metrics, **placement_group_of_this_worker()}, checkpoint=checkpoint)

@@ -48,26 +48,16 @@ def tune_model(
     """
     base = trial_base(base, settings)
     check_tune_settings(base, settings)
+    if settings.concurrency > 1 and base.cpus_per_worker is None:
+        # Trials at once share what one training run would reserve, or they would queue.
+        base = replace(base, cpus_per_worker=train.worker_cpus(base) / settings.concurrency)
     start_points = settings.start_points or [models.DEFAULT_POINTS[base.model]]
-    spec = PreprocessSpec.load(run.preprocess)
-    for point in start_points:
-        check_in_space(base.model, point)
-        train.check_model_builds(point_config(base, point), len(run.load_genres()), spec.image_size)
-    experiment = run.root / "ray" / name
+    check_start_points(run, base, start_points)
+    experiment = (run.root / "ray" / name).resolve()  # Tune reads a relative path as a URI
     check_same_experiment(experiment, base, settings)
 
-    data = train.load_training_data(run, base.workers)
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            run_trial,
-            data=data,
-            base=asdict(base),
-            searcher=settings.searcher,
-            storage=str(experiment / TRIAL_TRAIN_RUNS),
-        ),
-        # The trial function only waits on its Train run, whose workers hold the CPUs
-        # (0 is refused).
-        {"cpu": 0.01},
+    trainable = make_trainable(
+        train.load_training_data(run, base.workers), base, settings, experiment
     )
     if tune.Tuner.can_restore(str(experiment)):
         print(f"resuming tuning experiment {experiment}")
@@ -130,6 +120,14 @@ def check_tune_settings(base: TrainConfig, settings: TuneSettings) -> None:
     train.check_settings(base)
 
 
+def check_start_points(run: RunDir, base: TrainConfig, start_points: list[dict]) -> None:
+    """Each point tried first must lie in the space and build for this run's image size."""
+    spec = PreprocessSpec.load(run.preprocess)
+    for point in start_points:
+        check_in_space(base.model, point)
+        train.check_model_builds(point_config(base, point), len(run.load_genres()), spec.image_size)
+
+
 def check_same_experiment(experiment: Path, base: TrainConfig, settings: TuneSettings) -> None:
     """Refuse to resume experiment `name` with other settings: Tune would silently keep
     the old ones."""
@@ -152,6 +150,23 @@ def check_same_experiment(experiment: Path, base: TrainConfig, settings: TuneSet
         return
     experiment.mkdir(parents=True, exist_ok=True)
     saved_file.write_text(json.dumps(wanted, indent=2) + "\n")
+
+
+def make_trainable(
+    data: train.TrainingData, base: TrainConfig, settings: TuneSettings, experiment: Path
+):
+    """`run_trial` with what every trial shares; the trial function itself only waits on
+    its Train run, whose workers hold the CPUs (Tune refuses 0)."""
+    return tune.with_resources(
+        tune.with_parameters(
+            run_trial,
+            data=data,
+            base=asdict(base),
+            searcher=settings.searcher,
+            storage=str(experiment / TRIAL_TRAIN_RUNS),
+        ),
+        {"cpu": 0.01},
+    )
 
 
 def new_tuner(
@@ -201,13 +216,14 @@ def make_searcher(
     new proposal learns from the results before it."""
     metric, mode = settings.objective, MONITORS[settings.objective]
     points = [encode_point(space, point, settings.searcher) for point in start_points]
+    # Both start with random trials; their usual 10 would leave a 10-trial search random.
+    random_first = min(10, max(2, settings.trials // 3))
     if settings.searcher == "tpe":
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
-        # Optuna's default of 10 random trials first would leave a 10-trial search random.
         sampler = optuna.samplers.TPESampler(
-            n_startup_trials=min(10, max(2, settings.trials // 3)),
+            n_startup_trials=random_first,
             multivariate=True,
             seed=settings.seed,
         )
@@ -221,7 +237,7 @@ def make_searcher(
             metric=metric,
             mode=mode,
             points_to_evaluate=points,
-            random_search_steps=min(10, max(2, settings.trials // 3)),
+            random_search_steps=random_first,
             random_state=settings.seed,
         )
     return ConcurrencyLimiter(searcher, max_concurrent=settings.concurrency)

@@ -178,3 +178,15 @@ def make_dataset(
 
     pd.DataFrame(rows, columns=header(genres)).to_csv(root / "train.csv", index=False)
     return root
+
+
+def prepared_run(root: Path, n: int, image_size: int, seed: int = 0):
+    """`n` synthetic posters under root/dataset, prepared at `image_size` into root/run."""
+    from poster_ray import data
+    from poster_ray.config import PreprocessSpec, RunDir
+
+    run = RunDir(root / "run")
+    data.prepare(
+        make_dataset(root / "dataset", n=n, seed=seed), run, PreprocessSpec(image_size), seed=0
+    )
+    return run

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from synthetic import make_dataset
+from synthetic import make_dataset, prepared_run
 
 from poster_ray import data, metrics, models
 from poster_ray.bundle import load_bundle
@@ -179,8 +179,7 @@ def test_compare_tables_every_model_of_a_run_beside_the_baselines(result, run):
 
 
 def test_compare_refuses_models_tested_on_different_posters(result, model_dir, tmp_path):
-    other = RunDir(tmp_path / "other-split")
-    data.prepare(make_dataset(tmp_path / "dataset", n=60, seed=3), other, SPEC, seed=2)
+    other = prepared_run(tmp_path, n=60, image_size=SPEC.image_size, seed=3)
     other_model = save_untrained_model(other, "custom_cnn")
     evaluate_model_dir(other_model, other)
     with pytest.raises(PosterRayError, match="different test splits"):

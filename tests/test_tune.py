@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from synthetic import make_dataset
+from synthetic import prepared_run
 
-from poster_ray import data, models, tune
-from poster_ray.config import PreprocessSpec, RunDir, TrainConfig, TuneSettings
+from poster_ray import models, tune
+from poster_ray.config import RunDir, TrainConfig, TuneSettings
 from poster_ray.errors import PosterRayError
 
 # Small enough to train in seconds, still the seed's 4-block architecture (needs ~94 px).
@@ -57,10 +57,7 @@ class InterruptAfter(tune.tune.Callback):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, ray_session) -> RunDir:
-    root = tmp_path_factory.mktemp("tune")
-    run = RunDir(root / "run")
-    data.prepare(make_dataset(root / "dataset", n=240), run, PreprocessSpec(96), seed=0)
-    return run
+    return prepared_run(tmp_path_factory.mktemp("tune"), n=240, image_size=96)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +78,12 @@ def tuned(run: RunDir, tmp_path_factory) -> dict:
     init_ray(num_cpus=2)
     ray.data.DataContext.get_current().enable_progress_bars = False
     started = time.perf_counter()
-    out = tune.tune_model(run, "tiny", base, SETTINGS)
+    home = Path.cwd()
+    os.chdir(run.root.parent)  # and from a relative path, as users type it
+    try:
+        out = run.root.parent / tune.tune_model(RunDir(Path(run.root.name)), "tiny", base, SETTINGS)
+    finally:
+        os.chdir(home)
     return {
         "out": out,
         "stopped_trial_workers": marker.read_text(),
