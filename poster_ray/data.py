@@ -298,7 +298,7 @@ def load_split(
     spec = PreprocessSpec.load(run.preprocess)
     return (
         ray.data.read_parquet(
-            str(path),
+            str(path.resolve()),  # Ray's workers need not share the driver's directory
             columns=["id", "image", "labels", "error"],
             shuffle="files" if shuffle else None,
         )
