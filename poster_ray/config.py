@@ -91,6 +91,11 @@ class RunDir:
 MONITORS = {"val_loss": "min", "val_pr_auc": "max", "val_micro_f1": "max"}
 
 
+def pick_best(monitor: str):
+    """`min` or `max`: the builtin that picks the best value of `monitor`."""
+    return min if MONITORS[monitor] == "min" else max
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run; saved with its model."""

@@ -23,7 +23,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.tensorflow import TensorflowTrainer
 
 from poster_ray import models
-from poster_ray.config import MONITORS, PreprocessSpec, RunDir, TrainConfig
+from poster_ray.config import MONITORS, PreprocessSpec, RunDir, TrainConfig, pick_best
 from poster_ray.data import load_split, shard_sizes
 from poster_ray.errors import PosterRayError
 from poster_ray.metrics import plot_history
@@ -226,8 +226,7 @@ def best_checkpoint(result: ray.train.Result, monitor: str) -> ray.train.Checkpo
     scored = [(metrics[monitor], ckpt) for ckpt, metrics in result.best_checkpoints]
     if not scored:
         return None
-    pick = min if MONITORS[monitor] == "min" else max
-    return pick(scored, key=lambda pair: pair[0])[1]
+    return pick_best(monitor)(scored, key=lambda pair: pair[0])[1]
 
 
 def export_model(

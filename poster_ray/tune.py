@@ -25,7 +25,15 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from poster_ray import metrics, models, train
-from poster_ray.config import MONITORS, SEARCHERS, PreprocessSpec, RunDir, TrainConfig, TuneSettings
+from poster_ray.config import (
+    MONITORS,
+    SEARCHERS,
+    PreprocessSpec,
+    RunDir,
+    TrainConfig,
+    TuneSettings,
+    pick_best,
+)
 from poster_ray.errors import PosterRayError
 from poster_ray.models import Choice, Range
 
@@ -376,43 +384,30 @@ def release_placement_group(group_id: str | None) -> None:
 def trial_rows(grid: tune.ResultGrid, model: str, settings: TuneSettings) -> list[dict]:
     """One row per trial, in the order the searcher proposed them: its status, its best
     epoch's objective, and its hyperparameters as the model saw them."""
-    pick = best_of(settings.objective)
+    objective = settings.objective
     rows = []
     for result in grid:
-        history = result.metrics_dataframe
-        scored = history.dropna(subset=[settings.objective]) if history is not None else None
-        best = pick(scored) if scored is not None and len(scored) else None
-        epochs = int(history["epoch"].max()) if best is not None else 0
+        epochs = (
+            [] if result.metrics_dataframe is None else result.metrics_dataframe.to_dict("records")
+        )
+        scored = [epoch for epoch in epochs if pd.notna(epoch.get(objective))]
+        best = pick_best(objective)(scored, key=lambda epoch: epoch[objective]) if scored else None
+        last_epoch = int(scored[-1]["epoch"]) if scored else 0
+        trial_dir = TRIAL_DIR.match(Path(result.path).name)
         rows.append(
             {
-                "trial": trial_number(result.path),
-                "trial_id": TRIAL_DIR.match(Path(result.path).name)["id"],
-                "status": trial_status(result, epochs, settings.max_epochs),
-                "epochs": epochs,
-                "best": float(best[settings.objective]) if best is not None else None,
-                "best_epoch": int(best["epoch"]) if best is not None else None,
+                "trial": int(trial_dir["number"]),
+                "trial_id": trial_dir["id"],
+                "status": trial_status(result, last_epoch, settings.max_epochs),
+                "epochs": last_epoch,
+                "best": float(best[objective]) if best else None,
+                "best_epoch": int(best["epoch"]) if best else None,
                 **decode_point(model, result.config, settings.searcher),
-                "checkpoint": best["checkpoint_path"] if best is not None else None,
-                "last_checkpoint": history["checkpoint_path"].iloc[-1] if epochs else None,
+                "checkpoint": best["checkpoint_path"] if best else None,
+                "last_checkpoint": scored[-1]["checkpoint_path"] if scored else None,
             }
         )
     return sorted(rows, key=lambda row: row["trial"])
-
-
-def best_of(objective: str):
-    """A function picking the best row of a trial's per-epoch results."""
-    column = objective
-
-    def pick(frame: pd.DataFrame) -> pd.Series:
-        index = frame[column].idxmin() if MONITORS[objective] == "min" else frame[column].idxmax()
-        return frame.loc[index]
-
-    return pick
-
-
-def trial_number(trial_path: str) -> int:
-    """The trial's position in the searcher's order, from Tune's trial directory name."""
-    return int(TRIAL_DIR.match(Path(trial_path).name)["number"])
 
 
 def trial_status(result: tune.Result, epochs: int, max_epochs: int) -> str:
@@ -437,8 +432,7 @@ def export_best(
         raise PosterRayError(
             f"no trial of {name!r} reported a result; see {run.root / 'ray' / name}"
         )
-    pick = min if MONITORS[settings.objective] == "min" else max
-    best = pick(scored, key=lambda row: row["best"])
+    best = pick_best(settings.objective)(scored, key=lambda row: row["best"])
     config = point_config(base, {key: best[key] for key in models.SEARCH_SPACES[base.model]})
     out = train.export_model(
         run,
