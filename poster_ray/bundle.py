@@ -31,7 +31,7 @@ from poster_ray.config import PreprocessSpec
 from poster_ray.errors import PosterRayError
 
 if TYPE_CHECKING:  # TensorFlow is imported only when a model is actually loaded.
-    import tf_keras as keras
+    from poster_ray.tf_import import keras
 
 MODEL_FILE = "model.keras"
 GENRES_FILE = "genres.json"

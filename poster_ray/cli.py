@@ -1,8 +1,14 @@
-"""The `poster-ray` command: one subcommand per pipeline stage, each a thin library call."""
+"""The `poster-ray` command: one subcommand per pipeline stage, each a thin library call.
+
+Options are named after the settings dataclasses' fields (TrainConfig, TuneSettings) and
+default to "not given", so a stage's defaults live in one place: the dataclass, or the
+pipeline profile.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -18,17 +24,31 @@ from poster_ray.config import (
     TuneSettings,
 )
 from poster_ray.errors import PosterRayError
+from poster_ray.resources import PRECISIONS
+
+NOT_GIVEN = argparse.SUPPRESS  # an option left out sets no attribute at all
+
+
+def given(args: argparse.Namespace, settings_class: type) -> dict:
+    """The fields of `settings_class` that the command line set."""
+    fields = {field.name for field in dataclasses.fields(settings_class)}
+    values = {name: value for name, value in vars(args).items() if name in fields}
+    if "hparams" in values:
+        try:
+            values["hparams"] = json.loads(values["hparams"])
+        except json.JSONDecodeError as error:
+            raise PosterRayError(f"--hparams is not a JSON object: {error}") from None
+    return values
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
     from poster_ray import data
 
-    data_dir = args.data_dir = data.resolve_data_dir(args.data, dict(os.environ))
     summary = data.prepare(
-        data_dir,
+        data.resolve_data_dir(args.data, dict(os.environ)),
         RunDir(Path(args.out)),
         PreprocessSpec(args.image_size),
-        args.seed,
+        args.split_seed,
         args.limit,
         args.num_cpus,
     )
@@ -36,33 +56,14 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     print(f"\nwrote {args.out} in {summary['seconds']} s")
 
 
-def train_config_from(args: argparse.Namespace) -> TrainConfig:
-    try:
-        hparams = json.loads(args.hparams)
-    except json.JSONDecodeError as error:
-        raise PosterRayError(f"--hparams is not a JSON object: {error}") from None
-    return TrainConfig(
-        model=args.model,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        workers=args.workers,
-        gpu=args.gpu,
-        cpus_per_worker=args.cpus_per_worker,
-        mixed_precision=args.mixed_precision,
-        early_stopping=args.early_stopping,
-        weights=args.weights,
-        hparams=hparams,
-    )
-
-
 def cmd_train(args: argparse.Namespace) -> None:
     from poster_ray import train
     from poster_ray.runtime import init_ray
 
     run = existing_run(args.run)
+    config = TrainConfig(**given(args, TrainConfig))
     init_ray(args.num_cpus)
-    out = train.train(run, args.name or args.model, train_config_from(args))
+    out = train.train(run, args.name or config.model, config)
     print(f"model and curves in {out}")
     evaluate_and_print(out, run)
 
@@ -79,26 +80,10 @@ def cmd_tune(args: argparse.Namespace) -> None:
     from poster_ray.runtime import init_ray
 
     run = existing_run(args.run)
-    settings = TuneSettings(
-        trials=args.trials,
-        max_epochs=args.max_epochs,
-        searcher=args.searcher,
-        objective=args.objective,
-        time_budget_s=args.time_budget,
-        concurrency=args.concurrency,
-        grace_period=args.grace_period,
-        seed=args.seed,
-    )
-    base = TrainConfig(
-        model=args.model,
-        workers=args.workers_per_trial,
-        gpu=args.gpu,
-        cpus_per_worker=args.cpus_per_worker,
-        mixed_precision=args.mixed_precision,
-        weights=args.weights,
-    )
+    base = TrainConfig(**given(args, TrainConfig))
+    settings = TuneSettings(**given(args, TuneSettings))
     init_ray(args.num_cpus)
-    out = tune.tune_model(run, args.name or f"tuned_{args.model}", base, settings)
+    out = tune.tune_model(run, args.name or f"tuned_{base.model}", base, settings)
     print(tune.format_summary(out))
     evaluate_and_print(out, run)
 
@@ -145,6 +130,27 @@ def cmd_infer(args: argparse.Namespace) -> None:
     print(format_summary(summary))
 
 
+def cmd_pipeline(args: argparse.Namespace) -> None:
+    """Every stage, end to end, from the profile's settings and the options given."""
+    from poster_ray.pipeline import format_result, profile_settings, run_pipeline
+
+    settings = profile_settings(
+        args.profile,
+        args.out,
+        data=args.data,
+        image_size=args.image_size,
+        limit=args.limit,
+        seed=args.split_seed,
+        num_cpus=args.num_cpus,
+    )
+    settings = dataclasses.replace(
+        settings,
+        train=dataclasses.replace(settings.train, **given(args, TrainConfig)),
+        tune=dataclasses.replace(settings.tune, **given(args, TuneSettings)),
+    )
+    print(format_result(run_pipeline(settings)))
+
+
 def existing_run(path: str) -> RunDir:
     run = RunDir(Path(path))
     if not run.manifest.is_file():
@@ -152,133 +158,122 @@ def existing_run(path: str) -> RunDir:
     return run
 
 
-# The quick profile: a sample of posters, smaller images, a few epochs, so that the whole
-# pipeline runs in minutes on a 2-core laptop; full is the real thing.
-PROFILES = {
-    "quick": {
-        "limit": 1500,
-        "image_size": 128,
-        "epochs": 4,
-        "workers": 2,
-        "mixed_precision": True,
-        "trials": 3,
-        "max_epochs": 2,
-    },
-    "full": {
-        "limit": None,
-        "image_size": 250,
-        "epochs": 30,
-        "workers": 2,
-        "mixed_precision": True,
-        "trials": 12,
-        "max_epochs": 10,
-    },
-}
+# ---------------------------------------------------------------- arguments
 
 
-def cmd_pipeline(args: argparse.Namespace) -> None:
-    """Every stage, end to end: prepare, train, evaluate, tune, compare, predict samples,
-    bulk inference."""
-    for key, value in PROFILES[args.profile].items():
-        if getattr(args, key) is None:  # not given on the command line
-            setattr(args, key, value)
-    cmd_prepare(args)
-    args.run, args.name, args.hparams = args.out, None, "{}"
-    cmd_train(args)
-    # Tune the same model (its first trial is the untuned default), then compare.
-    args.workers_per_trial, args.concurrency, args.grace_period = args.workers, 1, 1
-    args.searcher, args.objective, args.time_budget = "tpe", TuneSettings.objective, None
-    cmd_tune(args)
-    args.paths, args.output = [args.out], str(Path(args.out, "comparison.md"))
-    cmd_compare(args)
-    args.bundle = str(Path(args.out, "models", args.model, "bundle"))
-    args.posters = sorted(str(path) for path in Path(args.data_dir, "samples").glob("*.jpg"))
-    if args.posters:
-        cmd_predict(args)
-    # Bulk inference over every prepared poster (the manifest has a path column).
-    args.input, args.output = (
-        str(RunDir(Path(args.out)).manifest),
-        str(Path(args.out, "predictions")),
-    )
-    args.workers, args.batch_size, args.all_probabilities = 1, 64, False
-    cmd_infer(args)
-
-
-def add_data_args(parser: argparse.ArgumentParser) -> None:
+def add_data_args(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """Prepare's options; `defaults=False` leaves unset ones to a pipeline profile."""
     parser.add_argument("--data", help="dataset folder (train.csv + Images/); default $POSTER_DATA")
     parser.add_argument("--out", default="runs/latest", help="run directory to write")
-    parser.add_argument("--image-size", type=int, default=PreprocessSpec.image_size)
-    parser.add_argument("--seed", type=int, default=42, help="split seed")
+    parser.add_argument(
+        "--image-size", type=int, default=PreprocessSpec.image_size if defaults else None
+    )
+    parser.add_argument("--seed", dest="split_seed", type=int, default=42, help="split seed")
     parser.add_argument("--limit", type=int, help="use a random sample of this many posters")
+    add_num_cpus(parser)
+
+
+def add_num_cpus(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
 
 
-def add_train_args(parser: argparse.ArgumentParser, include_num_cpus: bool = True) -> None:
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """What trains and how, shared by train, tune and pipeline."""
     defaults = TrainConfig()
-    parser.add_argument("--model", choices=MODEL_NAMES, default=defaults.model)
-    parser.add_argument("--name", help="run name (default: the model name); reuse it to resume")
-    parser.add_argument("--workers", type=int, default=defaults.workers)
-    parser.add_argument("--gpu", action="store_true", help="one GPU per worker")
-    parser.add_argument("--cpus-per-worker", type=float, help="default: all CPUs but one, shared")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="global")
-    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     parser.add_argument(
-        "--mixed-precision", action="store_true", help="bfloat16 on CPU, float16 on GPU"
+        "--model", choices=MODEL_NAMES, default=NOT_GIVEN, help=f"default {defaults.model}"
     )
+    parser.add_argument("--gpu", action="store_true", default=NOT_GIVEN, help="a GPU per worker")
+    parser.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=NOT_GIVEN,
+        help="default: an equal share of each node's CPUs",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=NOT_GIVEN,
+        help="auto (default): float16 on GPUs, bfloat16 on CPUs with it natively, else float32",
+    )
+    parser.add_argument(
+        "--weights", default=NOT_GIVEN, help="vgg16: none (default), imagenet or a .h5 file"
+    )
+
+
+def add_train_args(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    add_model_args(parser)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=NOT_GIVEN,
+        help="training workers (default: one per node with CPUs, one per GPU with --gpu)",
+    )
+    for option, kind in (("epochs", int), ("batch_size", int), ("learning_rate", float)):
+        parser.add_argument(
+            f"--{option.replace('_', '-')}",
+            type=kind,
+            default=NOT_GIVEN,
+            help=f"default {getattr(defaults, option)}" + (" (global)" * (option == "batch_size")),
+        )
     parser.add_argument(
         "--early-stopping",
         type=int,
-        default=defaults.early_stopping,
-        help="patience in epochs on val_loss, keeping the best epoch; 0 = off",
+        default=NOT_GIVEN,
+        help=f"patience in epochs on --monitor, keeping the best epoch; 0 = off "
+        f"(default {defaults.early_stopping})",
     )
     parser.add_argument(
-        "--weights", default=defaults.weights, help="vgg16: none, imagenet or a .h5 file"
+        "--monitor", choices=list(MONITORS), default=NOT_GIVEN, help=f"default {defaults.monitor}"
     )
-    parser.add_argument("--hparams", default="{}", help="model hyperparameters as JSON")
-    if include_num_cpus:
-        parser.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    parser.add_argument("--hparams", default=NOT_GIVEN, help="model hyperparameters as JSON")
 
 
 def add_tune_args(parser: argparse.ArgumentParser) -> None:
     defaults = TuneSettings()
-    parser.add_argument("run", help="a prepared run directory")
-    parser.add_argument("--model", choices=MODEL_NAMES, default=TrainConfig.model)
-    parser.add_argument("--name", help="experiment and model name (default: tuned_MODEL)")
-    parser.add_argument("--trials", type=int, default=defaults.trials)
-    parser.add_argument("--max-epochs", type=int, default=defaults.max_epochs)
+    parser.add_argument("--trials", type=int, default=NOT_GIVEN, help=f"default {defaults.trials}")
+    parser.add_argument(
+        "--max-epochs",
+        type=int,
+        default=NOT_GIVEN,
+        help=f"epochs per trial, at most (default {defaults.max_epochs})",
+    )
     parser.add_argument(
         "--searcher",
         choices=SEARCHERS,
-        default=defaults.searcher,
-        help="tpe: Optuna TPE; gp: Gaussian process (needs the bayesopt extra)",
+        default=NOT_GIVEN,
+        help="tpe (default): Optuna TPE; gp: Gaussian process (needs the bayesopt extra)",
     )
-    parser.add_argument("--objective", choices=list(MONITORS), default=defaults.objective)
-    parser.add_argument("--workers-per-trial", type=int, default=1)
     parser.add_argument(
-        "--concurrency", type=int, default=defaults.concurrency, help="trials at once"
+        "--objective",
+        choices=list(MONITORS),
+        default=NOT_GIVEN,
+        help=f"default {defaults.objective}",
     )
-    parser.add_argument("--time-budget", type=float, help="seconds; then the best so far wins")
+    parser.add_argument(
+        "--concurrency", type=int, default=NOT_GIVEN, help="trials at once (default 1)"
+    )
+    parser.add_argument(
+        "--time-budget",
+        dest="time_budget_s",
+        type=float,
+        default=NOT_GIVEN,
+        help="seconds; then the best so far wins",
+    )
     parser.add_argument(
         "--grace-period",
         type=int,
-        default=defaults.grace_period,
-        help="epochs before ASHA may stop a trial",
-    )
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="searcher seed")
-    parser.add_argument("--gpu", action="store_true", help="one GPU per worker")
-    parser.add_argument("--cpus-per-worker", type=float, help="default: all CPUs but one, shared")
-    parser.add_argument(
-        "--mixed-precision", action="store_true", help="bfloat16 on CPU, float16 on GPU"
+        default=NOT_GIVEN,
+        help=f"epochs before ASHA may stop a trial (default {defaults.grace_period})",
     )
     parser.add_argument(
-        "--weights", default=TrainConfig.weights, help="vgg16: none, imagenet or a .h5 file"
+        "--searcher-seed", dest="seed", type=int, default=NOT_GIVEN, help="default 0"
     )
-    parser.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="poster-ray", description=__doc__)
+    parser = argparse.ArgumentParser(prog="poster-ray", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     prepare = commands.add_parser("prepare", help="validate, split and decode the dataset")
@@ -287,13 +282,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model with Ray Train")
     train.add_argument("run", help="a prepared run directory")
+    train.add_argument("--name", help="run name (default: the model name); reuse it to resume")
     add_train_args(train)
+    add_num_cpus(train)
     train.set_defaults(func=cmd_train)
 
     tune = commands.add_parser(
         "tune", help="search hyperparameters with Ray Tune; rerun the same command to resume"
     )
+    tune.add_argument("run", help="a prepared run directory")
+    tune.add_argument("--name", help="experiment and model name (default: tuned_MODEL)")
+    add_model_args(tune)
+    tune.add_argument(
+        "--workers-per-trial",
+        dest="workers",
+        type=int,
+        default=1,
+        help="Ray Train workers per trial (default 1)",
+    )
     add_tune_args(tune)
+    add_num_cpus(tune)
     tune.set_defaults(func=cmd_tune)
 
     compare = commands.add_parser(
@@ -325,16 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument(
         "--all-probabilities", action="store_true", help="also write every genre's probability"
     )
-    infer.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    add_num_cpus(infer)
     infer.set_defaults(func=cmd_infer)
 
     pipeline = commands.add_parser("pipeline", help="run every stage end to end")
-    add_data_args(pipeline)
-    add_train_args(pipeline, include_num_cpus=False)
-    pipeline.add_argument("--profile", choices=list(PROFILES), default="quick")
-    pipeline.add_argument("--trials", type=int, help="tuning trials")
-    pipeline.add_argument("--max-epochs", type=int, help="epochs per tuning trial, at most")
-    pipeline.set_defaults(func=cmd_pipeline, **dict.fromkeys(PROFILES["quick"]))
+    pipeline.add_argument("--profile", choices=["quick", "full"], default="quick")
+    add_data_args(pipeline, defaults=False)
+    add_train_args(pipeline)
+    add_tune_args(pipeline)
+    pipeline.set_defaults(func=cmd_pipeline)
     return parser
 
 

@@ -104,10 +104,10 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 32  # global: split evenly across the workers
     learning_rate: float = 1e-3
-    workers: int = 1
+    workers: int | None = None  # None: one per node with CPUs (one per GPU with `gpu`)
     gpu: bool = False
-    cpus_per_worker: float | None = None  # None: leave one CPU to Ray Data
-    mixed_precision: bool = False
+    cpus_per_worker: float | None = None  # None: a share of the node (resources.py)
+    precision: str = "auto"  # auto, float32, bfloat16 or float16: resources.PRECISIONS
     early_stopping: int = 3  # patience in epochs on `monitor`; 0 turns it off
     monitor: str = "val_loss"  # picks the best epoch: one of MONITORS
     weights: str = "none"  # vgg16 only: none, imagenet or a .h5 path

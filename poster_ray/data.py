@@ -254,6 +254,19 @@ def all_cpus_to_one_operator() -> Iterator[None]:
         context.op_resource_reservation_enabled = previous
 
 
+@contextmanager
+def without_progress_bars() -> Iterator[None]:
+    """Build datasets without progress bars (a dataset keeps the context it was made in),
+    leaving the process's own setting as it was."""
+    context = ray.data.DataContext.get_current()
+    previous = context.enable_progress_bars
+    context.enable_progress_bars = False
+    try:
+        yield
+    finally:
+        context.enable_progress_bars = previous
+
+
 def _decode_batch(batch: dict[str, np.ndarray], spec: PreprocessSpec) -> dict[str, np.ndarray]:
     images, batch["error"] = decode_files(batch["path"], spec)
     batch["image"] = pack_images(images)
@@ -281,14 +294,10 @@ def shard_sizes(run: RunDir, split: str, num_shards: int) -> list[int]:
     return np.bincount(shards, minlength=num_shards).tolist()
 
 
-def load_split(
-    run: RunDir, split: str, shuffle: bool = False, shard: tuple[int, int] | None = None
-) -> ray.data.Dataset:
+def load_split(run: RunDir, split: str, shard: tuple[int, int] | None = None) -> ray.data.Dataset:
     """One split's decoded posters from the cache: `image` (uint8 HxWx3) and `labels`.
 
-    `shuffle` reads the Parquet files in a new random order each epoch; training adds a
-    local shuffle buffer on top, which is cheap where a full shuffle is not. `shard`
-    (index, count) keeps one disjoint part of the split, chosen by id.
+    `shard` (index, count) keeps one disjoint part of the split, chosen by id.
     """
     from ray.data.expressions import col
 
@@ -300,7 +309,6 @@ def load_split(
         ray.data.read_parquet(
             str(path.resolve()),  # Ray's workers need not share the driver's directory
             columns=["id", "image", "labels", "error"],
-            shuffle="files" if shuffle else None,
         )
         .filter(expr=col("error") == "")
         .map_batches(_unpack_batch, fn_kwargs={"spec": spec, "shard": shard}, batch_size=64)

@@ -30,12 +30,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import tf_keras as keras
 
 from poster_ray import data, metrics, models
 from poster_ray.bundle import check_model_matches, write_bundle, write_json
 from poster_ray.config import PreprocessSpec, RunDir
 from poster_ray.errors import PosterRayError
+from poster_ray.tf_import import keras
 
 MODEL_AT_HALF = "model @ 0.5"
 MODEL_CALIBRATED = "model @ calibrated"
@@ -152,12 +152,12 @@ def add_model_section(report: str, name: str, history: list[dict], train_config:
     return f"{title}\n{section}{body}"
 
 
-def format_headline(result: dict) -> str:
+def format_headline(result: dict, table: bool = True) -> str:
     """A short console summary: the headline table and the verdict against the baseline."""
     verdict = "beats" if result["beats_baseline"] else "does NOT beat"
     return (
-        metrics.comparison_table(result["rows"])
-        + f"\n{result['model']}: micro-F1 {result['micro_f1@calibrated']:.3f} at calibrated "
+        (metrics.comparison_table(result["rows"]) + "\n" if table else "")
+        + f"{result['model']}: micro-F1 {result['micro_f1@calibrated']:.3f} at calibrated "
         f"thresholds ({result['micro_f1@0.5']:.3f} at 0.5) {verdict} "
         f"'{result['baseline']}' ({result['baseline_micro_f1']:.3f})"
     )

@@ -260,7 +260,7 @@ class Predictor:
     """The model in a Ray actor: loaded once, then decoded batches in, output rows out."""
 
     def __init__(self, bundle_path: str, threads: int, all_probabilities: bool) -> None:
-        import tensorflow as tf
+        from poster_ray.tf_import import tf
 
         # TF's own thread pools ignore OMP_NUM_THREADS: size them to this actor's share.
         tf.config.threading.set_intra_op_parallelism_threads(threads)

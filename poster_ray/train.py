@@ -8,29 +8,28 @@ the same name, or a restarted worker, continues from the last one.
 from __future__ import annotations
 
 import json
-import os
-import shutil
+import logging
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import ray
 import ray.train
-import tf_keras as keras
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.tensorflow import TensorflowTrainer
 
-from poster_ray import models
+from poster_ray import models, resources
 from poster_ray.config import MONITORS, PreprocessSpec, RunDir, TrainConfig, pick_best
-from poster_ray.data import load_split, shard_sizes
+from poster_ray.data import load_split, shard_sizes, without_progress_bars
 from poster_ray.errors import PosterRayError
 from poster_ray.metrics import plot_history
+from poster_ray.tf_import import keras
 
 MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.json"
 PLACEMENT_GROUP_KEY = "placement_group"
+SHUFFLE_BLOCK_ROWS = 32  # posters per block of a training shard: the unit of block shuffling
 
 
 def model_dir(run: RunDir, name: str) -> Path:
@@ -42,6 +41,13 @@ def train(run: RunDir, name: str, config: TrainConfig) -> Path:
     check_settings(config)
     spec = PreprocessSpec.load(run.preprocess)
     check_model_builds(config, len(run.load_genres()), spec.image_size)
+    config = place_workers(config)
+    print(
+        f"training {config.model} as {name!r}: {config.workers} worker(s) x "
+        f"{config.cpus_per_worker:g} CPUs{' + 1 GPU' if config.gpu else ''}, "
+        f"precision {config.precision}, up to {config.epochs} epochs",
+        flush=True,
+    )
     trainer = make_trainer(load_training_data(run, config.workers), config, name, run.root / "ray")
     try:
         result = trainer.fit()
@@ -89,8 +95,11 @@ def make_trainer(
     name: str,
     storage: Path,
     callbacks: Sequence[ray.train.UserCallback] = (),
-) -> TensorflowTrainer:
+) -> ray.train.tensorflow.TensorflowTrainer:
     """A Ray Train run `name` under `storage`: same name, same storage resumes it."""
+    # Imported here, after poster_ray.tf_import: it imports TensorFlow, loudly.
+    from ray.train.tensorflow import TensorflowTrainer
+
     if data.workers != config.workers:
         raise ValueError(f"data is sharded for {data.workers} workers, not {config.workers}")
     return TensorflowTrainer(
@@ -106,7 +115,8 @@ def make_trainer(
         scaling_config=ScalingConfig(
             num_workers=config.workers,
             use_gpu=config.gpu,
-            resources_per_worker={"CPU": worker_cpus(config)},
+            resources_per_worker={"CPU": config.cpus_per_worker},
+            placement_strategy="SPREAD",  # one worker per node where the nodes allow
         ),
         run_config=RunConfig(
             name=name,
@@ -119,6 +129,7 @@ def make_trainer(
                 checkpoint_score_order=MONITORS[config.monitor],
             ),
             callbacks=list(callbacks),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
         datasets=data.datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),
@@ -126,17 +137,39 @@ def make_trainer(
 
 
 def check_settings(config: TrainConfig) -> None:
-    """Counts that must be positive, checked before Ray starts anything."""
+    """Settings errors in one line, before Ray starts anything."""
     for setting in ("workers", "epochs", "batch_size"):
-        if getattr(config, setting) < 1:
+        value = getattr(config, setting)
+        if value is not None and value < 1:
             raise PosterRayError(f"--{setting.replace('_', '-')} must be at least 1")
     if config.monitor not in MONITORS:
         raise PosterRayError(f"unknown monitor {config.monitor!r}; choose one of {list(MONITORS)}")
-    if config.batch_size < config.workers:
+    resources.resolve_precision(config.precision, config.gpu, native_bfloat16=False)
+    check_batch_covers_workers(config)
+
+
+def check_batch_covers_workers(config: TrainConfig) -> None:
+    if config.workers is not None and config.batch_size < config.workers:
         raise PosterRayError(
             f"--batch-size {config.batch_size} is smaller than --workers {config.workers}: "
             "every worker needs at least one poster per step"
         )
+
+
+def place_workers(config: TrainConfig, groups: int = 1) -> TrainConfig:
+    """`config` with its worker count and CPUs per worker fixed from the cluster's nodes
+    (`groups` runs at once share them: tuning trials)."""
+    plan = resources.plan_workers(
+        resources.alive_nodes(),
+        "training",
+        workers=config.workers,
+        gpu=config.gpu,
+        cpus_per_worker=config.cpus_per_worker,
+        groups=groups,
+    )
+    placed = replace(config, workers=plan.workers, cpus_per_worker=plan.cpus_per_worker)
+    check_batch_covers_workers(placed)
+    return placed
 
 
 def per_worker_batch(config: TrainConfig) -> int:
@@ -159,38 +192,38 @@ def check_model_builds(config: TrainConfig, num_genres: int, image_size: int) ->
         keras.backend.clear_session()
 
 
-def build_configured_model(config: dict, num_genres: int, image_size: int) -> keras.Model:
+def build_configured_model(
+    config: dict, num_genres: int, image_size: int, precision: str = "float32"
+) -> keras.Model:
     hparams = dict(config["hparams"])
     if config["model"] == "vgg16":
         hparams.setdefault("weights", config["weights"])
-    return models.build_model(
-        config["model"],
-        num_genres,
-        image_size,
-        mixed_precision=config["mixed_precision"],
-        **hparams,
-    )
+    return models.build_model(config["model"], num_genres, image_size, precision, **hparams)
 
 
-def worker_datasets(run: RunDir, workers: int) -> dict[str, ray.data.Dataset]:
+def worker_datasets(run: RunDir, workers: int, seed: int = 0) -> dict[str, ray.data.Dataset]:
     """Each worker's own id-hashed training shard, and the whole validation split.
 
     Materialized once (uint8, in Ray's object store, spilling to disk when full): every
-    epoch re-executing the read pipeline cost 7-17 s per pass on 2 cores. No
+    epoch re-executing the read pipeline cost 7-17 s per pass on 2 cores. Each epoch
+    then reads a shard's blocks (SHUFFLE_BLOCK_ROWS posters each) in a new random order,
+    and the workers' local shuffle buffer mixes posters across neighbouring blocks. No
     streaming_split: its lockstep epochs deadlocked when one worker's tf.data prefetch
-    ran an epoch ahead of the other's.
+    ran an epoch ahead.
     """
     # Datasets carry the context they were made in: no iteration progress bars in the
     # workers, whose per-epoch lines say more and cost the driver less.
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    shards = {
-        f"train_{rank}": load_split(run, "train", shuffle=True, shard=(rank, workers))
-        for rank in range(workers)
-    }
-    return {
-        name: dataset.materialize()
-        for name, dataset in {**shards, "val": load_split(run, "val")}.items()
-    }
+    with without_progress_bars():
+        shards = {
+            f"train_{rank}": load_split(run, "train", shard=(rank, workers))
+            .repartition(target_num_rows_per_block=SHUFFLE_BLOCK_ROWS)
+            .materialize()
+            .randomize_block_order(
+                seed=ray.data.RandomSeedConfig(seed=seed + rank, reseed_after_execution=True)
+            )
+            for rank in range(workers)
+        }
+        return {**shards, "val": load_split(run, "val").materialize()}
 
 
 def step_counts(data: TrainingData, config: TrainConfig) -> dict[str, int]:
@@ -209,18 +242,6 @@ def step_counts(data: TrainingData, config: TrainConfig) -> dict[str, int]:
     return {"train": data.train_rows // batch, "val": data.val_rows // batch}
 
 
-def worker_cpus(config: TrainConfig) -> float:
-    """CPUs each worker reserves: by default all but one, which Ray Data needs.
-
-    Workers that reserve every CPU leave Ray Data's read tasks unschedulable and the
-    run hangs; TensorFlow's real thread count is set separately (configure_threads).
-    """
-    if config.cpus_per_worker is not None:
-        return config.cpus_per_worker
-    cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
-    return max(0.25, (cluster_cpus - 1.0) / config.workers)
-
-
 def best_checkpoint(result: ray.train.Result, monitor: str) -> ray.train.Checkpoint | None:
     """The kept checkpoint with the best `monitor` value: early stopping's best weights."""
     scored = [(metrics[monitor], ckpt) for ckpt, metrics in result.best_checkpoints]
@@ -236,18 +257,25 @@ def export_model(
     chosen: ray.train.Checkpoint,
     latest: ray.train.Checkpoint,
 ) -> Path:
-    """Copy the chosen model and the full history out of Ray's storage; draw the curves."""
+    """Copy the chosen model, as float32, and the full history out of Ray's storage;
+    draw the curves. The model's training precision stays in train_config.json."""
     out = model_dir(run, name)
     out.mkdir(parents=True, exist_ok=True)
     with chosen.as_directory() as directory:
-        shutil.copyfile(Path(directory) / MODEL_FILE, out / MODEL_FILE)
+        model = models.load_model(Path(directory) / MODEL_FILE)
         chosen_epoch = json.loads((Path(directory) / HISTORY_FILE).read_text())[-1]["epoch"]
+    models.with_precision(model, "float32").save(out / MODEL_FILE, save_format="keras_v3")
+    keras.backend.clear_session()
     with latest.as_directory() as directory:
         history = json.loads((Path(directory) / HISTORY_FILE).read_text())
     (out / HISTORY_FILE).write_text(json.dumps(history, indent=1) + "\n")
-    (out / "train_config.json").write_text(
-        json.dumps({**asdict(config), "name": name, "chosen_epoch": chosen_epoch}, indent=2) + "\n"
-    )
+    saved = {
+        **asdict(config),
+        "name": name,
+        "chosen_epoch": chosen_epoch,
+        "trained_in": history[-1].get("compute_precision"),
+    }
+    (out / "train_config.json").write_text(json.dumps(saved, indent=2) + "\n")
     columns = {key: [epoch[key] for epoch in history] for key in history[0]}
     plot_history(columns, out)
     return out
@@ -258,41 +286,45 @@ def export_model(
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train worker: build or restore the model, fit, report every epoch."""
-    import tensorflow as tf
+    from poster_ray.tf_import import tf
 
-    context = ray.train.get_context()
-    configure_threads(context.get_local_world_size())
+    # Ray Train logs every report at INFO through a logger named after its source file,
+    # out of reach of its LoggingConfig; Ray Data notes that its progress bars are off.
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    resources.configure_tensorflow_threads(config["cpus_per_worker"])
+    precision = resources.resolve_precision(config["precision"], config["gpu"])
     # Keras 3 fails under MultiWorkerMirroredStrategy with 2+ workers (keras#20585); Ray
     # sets TF_USE_LEGACY_KERAS=1 on workers and poster_ray builds with tf-keras, which works.
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    per_replica_batch = config["per_worker_batch"]  # one replica per worker
-    steps = config["steps"]
-
     with strategy.scope():
-        model, history = restore_or_build(config)
+        model, history = restore_or_build(config, precision)
+    early_stopping = ResumableEarlyStopping(
+        history, config["monitor"], config["monitor_mode"], config["early_stopping"]
+    )
+    if early_stopping.stopped_before():
+        return  # a rerun of a run that early stopping ended: nothing left to train
 
     def worker_dataset(name: str, shuffle_buffer: int | None):
-        return lambda _: dataset_shard(name, per_replica_batch, shuffle_buffer)
+        return lambda _: dataset_shard(name, config["per_worker_batch"], shuffle_buffer)
 
-    rank = context.get_world_rank()
+    rank = ray.train.get_context().get_world_rank()
     train_data = strategy.distribute_datasets_from_function(
         worker_dataset(f"train_{rank}", config["shuffle_buffer"])
     )
     val_data = strategy.distribute_datasets_from_function(worker_dataset("val", None))
-    callbacks = [EpochReport(history, config["batch_size"], rank)]
+    # Order matters: every callback after DerivedMetrics sees its metrics in `logs`.
+    callbacks = [
+        DerivedMetrics(),
+        EpochReport(history, config["batch_size"], config["epochs"], rank, precision),
+    ]
     if config["early_stopping"]:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor=config["monitor"],
-                mode=config["monitor_mode"],
-                patience=config["early_stopping"],
-            )
-        )
+        callbacks.append(early_stopping)
     model.fit(
         train_data,
         validation_data=val_data,
-        steps_per_epoch=steps["train"],
-        validation_steps=steps["val"],
+        steps_per_epoch=config["steps"]["train"],
+        validation_steps=config["steps"]["val"],
         epochs=config["epochs"],
         initial_epoch=len(history),
         callbacks=callbacks,
@@ -300,19 +332,7 @@ def train_loop_per_worker(config: dict) -> None:
     )
 
 
-def configure_threads(workers_on_this_node: int) -> None:
-    """Give each worker its share of this node's cores: TF ignores OMP_NUM_THREADS.
-
-    Two workers with TF's default pools (all cores each) ran 2.9x slower on 2 cores.
-    """
-    import tensorflow as tf
-
-    threads = max(1, (os.cpu_count() or 1) // workers_on_this_node)
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-
-
-def restore_or_build(config: dict):
+def restore_or_build(config: dict, precision: str):
     """The last checkpoint's model (weights and optimizer) and history, or a new model."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -320,7 +340,7 @@ def restore_or_build(config: dict):
             model = keras.models.load_model(Path(directory) / MODEL_FILE)
             history = json.loads((Path(directory) / HISTORY_FILE).read_text())
         return model, history
-    model = build_configured_model(config, config["num_genres"], config["image_size"])
+    model = build_configured_model(config, config["num_genres"], config["image_size"], precision)
     models.compile_model(model, config["learning_rate"])
     return model, []
 
@@ -346,6 +366,48 @@ def dataset_shard(name: str, batch_size: int, shuffle_buffer: int | None):
     ).repeat()
 
 
+class DerivedMetrics(keras.callbacks.Callback):
+    """Add micro-F1 at 0.5 (from Keras' micro precision and recall) to each epoch's logs,
+    so that early stopping, checkpoint scoring and tuning can all monitor it."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        for prefix in ("", "val_"):
+            logs[f"{prefix}micro_f1"] = micro_f1(
+                float(logs[f"{prefix}precision"]), float(logs[f"{prefix}recall"])
+            )
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """Early stopping whose patience counts the epochs before a resume too.
+
+    Keras' own starts counting afresh at every `fit`, so a run resumed after a crash
+    would train `patience` epochs more than it should.
+    """
+
+    def __init__(self, history: list[dict], monitor: str, mode: str, patience: int) -> None:
+        super().__init__(monitor=monitor, mode=mode, patience=patience)
+        self.history = history
+        self.lower_is_better = mode == "min"
+
+    def replayed(self) -> tuple[float | None, int]:
+        """(best value, epochs since it) over the restored history."""
+        best, wait = None, 0
+        for epoch in self.history:
+            value = epoch[self.monitor]
+            improved = best is None or (value < best if self.lower_is_better else value > best)
+            best, wait = (value, 0) if improved else (best, wait + 1)
+        return best, wait
+
+    def stopped_before(self) -> bool:
+        return bool(self.patience) and self.replayed()[1] >= self.patience
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        super().on_train_begin(logs)
+        best, self.wait = self.replayed()
+        if best is not None:
+            self.best = best
+
+
 class EpochReport(keras.callbacks.Callback):
     """Report metrics and a checkpoint (model + full history) to Ray every epoch.
 
@@ -353,11 +415,15 @@ class EpochReport(keras.callbacks.Callback):
     only rank 0's copy becomes the checkpoint, the others write to a scratch directory.
     """
 
-    def __init__(self, history: list[dict], global_batch: int, rank: int) -> None:
+    def __init__(
+        self, history: list[dict], global_batch: int, epochs: int, rank: int, precision: str
+    ) -> None:
         super().__init__()
         self.history = history
         self.global_batch = global_batch
+        self.epochs = epochs
         self.rank = rank
+        self.precision = precision
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.started = time.perf_counter()
@@ -375,17 +441,18 @@ class EpochReport(keras.callbacks.Callback):
         train_seconds = self.train_seconds or time.perf_counter() - self.started
         metrics = {key: float(value) for key, value in (logs or {}).items()}
         metrics.update(
-            micro_f1=micro_f1(metrics["precision"], metrics["recall"]),
-            val_micro_f1=micro_f1(metrics["val_precision"], metrics["val_recall"]),
             epoch=epoch + 1,
             seconds=round(time.perf_counter() - self.started, 2),
             train_images_per_s=round(self.steps * self.global_batch / train_seconds, 2),
+            compute_precision=self.precision,
         )
         self.history.append(metrics)
         if self.rank == 0:
             print(
-                f"epoch {metrics['epoch']}: loss {metrics['loss']:.4f}, "
-                f"val_loss {metrics['val_loss']:.4f}, {metrics['train_images_per_s']:.1f} img/s"
+                f"epoch {metrics['epoch']}/{self.epochs}: loss {metrics['loss']:.4f}, "
+                f"val_loss {metrics['val_loss']:.4f}, val_pr_auc {metrics['val_pr_auc']:.3f}, "
+                f"{metrics['train_images_per_s']:.1f} img/s ({self.precision})",
+                flush=True,
             )
         with tempfile.TemporaryDirectory() as directory:
             # Explicitly Keras v3 (zip): tf-keras decides per thread, and in a Ray Train

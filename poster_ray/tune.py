@@ -56,13 +56,12 @@ def tune_model(
     """
     base = trial_base(base, settings)
     check_tune_settings(base, settings)
-    if settings.concurrency > 1 and base.cpus_per_worker is None:
-        # Trials at once share what one training run would reserve, or they would queue.
-        base = replace(base, cpus_per_worker=train.worker_cpus(base) / settings.concurrency)
     start_points = settings.start_points or [models.DEFAULT_POINTS[base.model]]
     check_start_points(run, base, start_points)
     experiment = (run.root / "ray" / name).resolve()  # Tune reads a relative path as a URI
     check_same_experiment(experiment, base, settings)
+    # Trials at once share the nodes, or they would queue.
+    base = train.place_workers(base, groups=settings.concurrency)
 
     trainable = make_trainable(
         train.load_training_data(run, base.workers), base, settings, experiment
@@ -200,16 +199,15 @@ def new_tuner(
             metric=settings.objective,
             mode=MONITORS[settings.objective],
             num_samples=settings.trials,
-            max_concurrent_trials=settings.concurrency,
             time_budget_s=settings.time_budget_s,
         ),
         run_config=tune.RunConfig(
             name=experiment.name,
             storage_path=str(experiment.parent.resolve()),
-            callbacks=[ReleaseTrainWorkers(), *callbacks],
+            callbacks=[ReleaseTrainWorkers(), TrialLines(settings), *callbacks],
             failure_config=tune.FailureConfig(max_failures=TrainConfig.max_failures),
             checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
-            verbose=1,
+            verbose=0,  # TrialLines prints one line per trial instead of Tune's tables
         ),
     )
 
@@ -229,6 +227,8 @@ def make_searcher(
     if settings.searcher == "tpe":
         import optuna
         from ray.tune.search.optuna import OptunaSearch
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
 
         sampler = optuna.samplers.TPESampler(
             n_startup_trials=random_first,
@@ -366,6 +366,27 @@ class ReleaseTrainWorkers(tune.Callback):
         for group_id in cls.seen:
             release_placement_group(group_id)
         cls.seen.clear()
+
+
+class TrialLines(tune.Callback):
+    """One line per finished trial: its objective and how far it got."""
+
+    def __init__(self, settings: TuneSettings) -> None:
+        self.objective, self.trials, self.done = settings.objective, settings.trials, 0
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self.done += 1
+        result = trial.last_result or {}
+        print(
+            f"trial {self.done}/{self.trials} ({trial.trial_id}): {self.objective} "
+            f"{result.get(self.objective, float('nan')):.4f} after {result.get('epoch', 0)} "
+            "epoch(s)",
+            flush=True,
+        )
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self.done += 1
+        print(f"trial {self.done}/{self.trials} ({trial.trial_id}) failed", flush=True)
 
 
 def release_placement_group(group_id: str | None) -> None:

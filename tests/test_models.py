@@ -6,6 +6,7 @@ import tf_keras as keras
 
 from poster_ray import models
 from poster_ray.errors import PosterRayError
+from poster_ray.models import vgg16
 
 GENRES = 24
 CNN_SIZE = 80  # about the smallest input the default CNN's four valid conv blocks accept
@@ -79,29 +80,29 @@ def test_trainable_blocks_out_of_range_is_a_user_error():
 
 
 def test_resolve_none_means_random_init():
-    assert models.resolve_vgg16_weights("none") is None
+    assert vgg16.resolve_vgg16_weights("none") is None
 
 
 def test_resolve_missing_weights_file_names_it(tmp_path):
     missing = tmp_path / "nope.h5"
     with pytest.raises(PosterRayError, match="nope.h5"):
-        models.resolve_vgg16_weights(str(missing))
+        vgg16.resolve_vgg16_weights(str(missing))
 
 
 def test_resolve_imagenet_offline_says_where_to_put_the_file(keras_home):
     with pytest.raises(PosterRayError) as raised:
-        models.resolve_vgg16_weights("imagenet")
+        vgg16.resolve_vgg16_weights("imagenet")
     message = str(raised.value)
-    assert models.VGG16_WEIGHTS_FILE in message
+    assert vgg16.VGG16_WEIGHTS_FILE in message
     assert str(keras_home / "models") in message
-    assert models.VGG16_WEIGHTS_URL in message
+    assert vgg16.VGG16_WEIGHTS_URL in message
     assert "--weights none" in message
     assert "\n" not in message
 
 
 @pytest.mark.parametrize("how", ["imagenet", "path"])
 def test_pretrained_weights_are_loaded_and_made_rgb(keras_home, how):
-    weights_file = keras_home / "models" / models.VGG16_WEIGHTS_FILE
+    weights_file = keras_home / "models" / vgg16.VGG16_WEIGHTS_FILE
     weights_file.parent.mkdir()
     # VGG16's conv weights do not depend on the input size, so a small build makes the file.
     source = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
@@ -142,10 +143,9 @@ def test_saved_model_loads_in_safe_mode_with_identical_predictions(tmp_path, nam
     np.testing.assert_array_equal(loaded.predict(batch, verbose=0), model.predict(batch, verbose=0))
 
 
-def test_mixed_precision_model_loads_with_float32_outputs(tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "cpu_has_bfloat16", lambda: True)
-    model = models.build_model("custom_cnn", 5, CNN_SIZE, mixed_precision=True)
-    assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"  # no GPU in tests
+def test_bfloat16_model_loads_with_float32_outputs(tmp_path):
+    model = models.build_model("custom_cnn", 5, CNN_SIZE, precision="bfloat16")
+    assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
     assert model.get_layer(index=2).compute_dtype == "bfloat16"
     model.save(tmp_path / "model.keras")
     keras.mixed_precision.set_global_policy("float32")
@@ -155,18 +155,31 @@ def test_mixed_precision_model_loads_with_float32_outputs(tmp_path, monkeypatch)
     assert loaded(pixels(2, CNN_SIZE)).dtype == "float32"
 
 
-def test_mixed_precision_stays_float32_without_native_bfloat16(monkeypatch):
-    monkeypatch.setattr(models, "cpu_has_bfloat16", lambda: False)
-    model = models.build_model("custom_cnn", 5, CNN_SIZE, mixed_precision=True)
-    assert keras.mixed_precision.global_policy().name == "float32"
-    assert model.get_layer(index=2).compute_dtype == "float32"
-
-
 def test_build_model_resets_the_precision_policy():
-    models.build_model("custom_cnn", 5, CNN_SIZE, mixed_precision=True)
-    model = models.build_model("custom_cnn", 5, CNN_SIZE, mixed_precision=False)
+    models.build_model("custom_cnn", 5, CNN_SIZE, precision="bfloat16")
+    model = models.build_model("custom_cnn", 5, CNN_SIZE)
     assert keras.mixed_precision.global_policy().name == "float32"
     assert model.get_layer(index=2).compute_dtype == "float32"
+
+
+@pytest.mark.parametrize("name", ["custom_cnn", "vgg16"])
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_with_precision_keeps_the_weights_and_the_float32_head(name, precision):
+    size = CNN_SIZE if name == "custom_cnn" else VGG_SIZE
+    trained = models.build_model(name, 5, size)
+    reduced = models.with_precision(trained, precision)
+    convolutions = [layer for layer in reduced.submodules if isinstance(layer, keras.layers.Conv2D)]
+    assert convolutions and {layer.compute_dtype for layer in convolutions} == {precision}
+    assert reduced.get_layer("genres").compute_dtype == "float32"
+    batch = pixels(4, size)
+    np.testing.assert_allclose(
+        reduced.predict(batch, verbose=0), trained.predict(batch, verbose=0), atol=0.05
+    )
+    back = models.with_precision(reduced, "float32")
+    assert {
+        layer.compute_dtype for layer in back.submodules if isinstance(layer, keras.layers.Layer)
+    } == {"float32"}
+    np.testing.assert_array_equal(back.predict(batch, verbose=0), trained.predict(batch, verbose=0))
 
 
 def test_unknown_model_name_lists_the_choices():

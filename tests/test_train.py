@@ -1,43 +1,59 @@
-"""Ray Train: a tiny 2-worker run on synthetic posters, its outputs, and resuming it."""
+"""Ray Train: tiny runs on synthetic posters through the real training path.
+
+The default path (early stopping, best-epoch export, per-epoch shuffling, recovery from a
+killed worker, a model that learns) and every precision branch, forced on any CPU.
+"""
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 import zipfile
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import tf_keras as keras
 from synthetic import prepared_run
 
-from poster_ray import data, train
+from poster_ray import data, models, train
 from poster_ray.bundle import load_bundle
 from poster_ray.config import PreprocessSpec, RunDir, TrainConfig
 from poster_ray.errors import PosterRayError
 from poster_ray.evaluate import evaluate_model_dir
 
+TINY_CNN = {"filters": [4, 8], "kernel_size": 3, "dense_units": [16]}
 TINY = TrainConfig(
-    epochs=2,
-    batch_size=8,
+    epochs=5,
+    batch_size=16,
     workers=2,
+    learning_rate=3e-3,
     early_stopping=0,
-    hparams={"filters": [4, 8], "kernel_size": 3, "dense_units": [16]},
+    hparams=TINY_CNN,
 )
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, ray_session) -> RunDir:
-    return prepared_run(tmp_path_factory.mktemp("train"), n=80, image_size=32)
+    return prepared_run(tmp_path_factory.mktemp("train"), n=160, image_size=32)
 
 
 @pytest.fixture(scope="module")
-def trained(run: RunDir):
+def trained(run: RunDir) -> Path:
     return train.train(run, "tiny", TINY)
 
 
+def history_of(model_dir: Path) -> list[dict]:
+    return json.loads((model_dir / "history.json").read_text())
+
+
 def test_two_workers_leave_model_history_curves_and_checkpoints(run, trained):
-    history = json.loads((trained / "history.json").read_text())
-    assert [epoch["epoch"] for epoch in history] == [1, 2]
+    history = history_of(trained)
+    assert [epoch["epoch"] for epoch in history] == [1, 2, 3, 4, 5]
     for key in ("loss", "val_loss", "val_auc", "val_pr_auc", "val_micro_f1", "train_images_per_s"):
         assert np.isfinite(history[-1][key]), key
     assert train.PLACEMENT_GROUP_KEY not in history[-1]  # reported to Ray, not history
@@ -51,21 +67,163 @@ def test_two_workers_leave_model_history_curves_and_checkpoints(run, trained):
     assert all(zipfile.is_zipfile(path) for path in [*checkpoints, trained / "model.keras"])
 
 
-def test_evaluation_writes_a_loadable_bundle(run, trained):
+def test_the_model_learns_genre_colours(run, trained):
+    """Synthetic posters are tinted by their genres: a few epochs must rank them far
+    better than the genres' training frequencies do."""
     result = evaluate_model_dir(trained, run)
+    learned = result["rows"]["model @ 0.5"]["micro_ap"]
+    frequencies = result["rows"]["training frequencies"]["micro_ap"]
+    assert learned > frequencies + 0.15, (learned, frequencies)
     bundle = load_bundle(trained / "bundle")
     assert bundle.genres == run.load_genres()
     assert bundle.spec == PreprocessSpec(32)
-    assert 0.0 <= result["micro_f1@calibrated"] <= 1.0
 
 
 def test_rerun_with_the_same_name_resumes_from_the_last_checkpoint(run, trained):
-    before = json.loads((trained / "history.json").read_text())
-    resumed = train.train(run, "tiny", replace(TINY, epochs=3))
-    after = json.loads((resumed / "history.json").read_text())
-    assert [epoch["epoch"] for epoch in after] == [1, 2, 3]
-    # Epochs 1-2 come from the checkpoint, not from training again.
-    assert after[:2] == before
+    before = history_of(trained)
+    resumed = train.train(run, "tiny", replace(TINY, epochs=6))
+    after = history_of(resumed)
+    assert [epoch["epoch"] for epoch in after] == [1, 2, 3, 4, 5, 6]
+    # Epochs 1-5 come from the checkpoint, not from training again.
+    assert after[:5] == before
+
+
+def test_each_epoch_reads_the_training_shard_in_a_new_order(run):
+    shard = train.worker_datasets(run, workers=1)["train_0"]
+
+    def epoch_order() -> list[bytes]:
+        return [image.tobytes() for batch in shard.iter_batches() for image in batch["image"]]
+
+    first, second = epoch_order(), epoch_order()
+    assert first != second
+    assert sorted(first) == sorted(second)  # the same posters, each once
+
+
+@pytest.mark.parametrize(("precision", "workers"), [("bfloat16", 2), ("float16", 1)])
+def test_forced_reduced_precision_trains_resumes_and_exports_float32(run, precision, workers):
+    """Each reduced-precision branch runs here whatever the CPU: bfloat16 is chosen on
+    CPUs that have it natively, float16 on GPUs (with loss scaling)."""
+    name = f"tiny-{precision}"
+    config = replace(TINY, epochs=1, workers=workers, precision=precision)
+    train.train(run, name, config)
+    out = train.train(run, name, replace(config, epochs=2))  # resumes from epoch 1
+    history = history_of(out)
+    assert [epoch["epoch"] for epoch in history] == [1, 2]
+    assert {epoch["compute_precision"] for epoch in history} == {precision}
+    assert all(np.isfinite(epoch["val_pr_auc"]) for epoch in history)
+    checkpoint = sorted((run.root / "ray" / name).glob("checkpoint_*/model.keras"))[-1]
+    conv = next(layer for layer in models.load_model(checkpoint).layers if "conv" in layer.name)
+    assert conv.compute_dtype == precision
+    exported = models.load_model(out / "model.keras")
+    assert {layer.compute_dtype for layer in exported.layers} == {"float32"}
+    assert json.loads((out / "train_config.json").read_text())["trained_in"] == precision
+    assert np.isfinite(evaluate_model_dir(out, run)["micro_f1@calibrated"])
+
+
+def flip_validation_labels(run: RunDir) -> None:
+    """Give every validation poster the opposite genres: as the model learns the
+    training posters, validation loss can only go up."""
+    for path in run.cache_split("val").glob("*.parquet"):
+        table = pq.read_table(path)
+        labels = table["labels"]
+        flipped = pa.array(
+            [[1 - value for value in row] for row in labels.to_pylist()], labels.type
+        )
+        index = table.schema.get_field_index("labels")
+        pq.write_table(table.set_column(index, "labels", flipped), path)
+
+
+def test_early_stopping_stops_and_exports_the_best_epoch(tmp_path_factory, ray_session):
+    run = prepared_run(tmp_path_factory.mktemp("early"), n=120, image_size=32)
+    flip_validation_labels(run)
+    config = replace(TINY, epochs=12, workers=1, early_stopping=2)
+    out = train.train(run, "early", config)
+
+    history = history_of(out)
+    val_loss = [epoch["val_loss"] for epoch in history]
+    best = int(np.argmin(val_loss)) + 1
+    assert len(history) == best + 2 < 12  # stopped 2 epochs after the best
+    chosen = json.loads((out / "train_config.json").read_text())["chosen_epoch"]
+    assert chosen == best
+    # The exported weights are the best epoch's checkpoint, not the last epoch's.
+    by_epoch = {
+        history_of(path.parent)[-1]["epoch"]: path
+        for path in (run.root / "ray" / "early").glob("checkpoint_*/model.keras")
+    }
+    exported = models.load_model(out / "model.keras").get_weights()
+    for epoch, weights in ((best, True), (len(history), False)):
+        saved = models.load_model(by_epoch[epoch]).get_weights()
+        same = all(np.array_equal(a, b) for a, b in zip(exported, saved, strict=True))
+        assert same == weights, epoch
+    # A rerun of the finished run trains nothing more.
+    assert len(history_of(train.train(run, "early", config))) == len(history)
+
+
+def test_early_stopping_can_monitor_micro_f1():
+    """val_micro_f1 is derived after each epoch: early stopping must see it (Keras warns
+    and never stops on a metric it cannot find)."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 16, 16, 3), dtype=np.uint8)
+    labels = rng.integers(0, 2, (64, 3)).astype(np.float32)
+    model = models.build_custom_cnn(3, image_size=16, filters=[2], dense_units=[4])
+    models.compile_model(model, learning_rate=0.0)  # nothing changes: no improvement
+    stopping = train.ResumableEarlyStopping([], "val_micro_f1", "max", patience=1)
+    history = model.fit(
+        images,
+        labels,
+        validation_split=0.25,
+        epochs=10,
+        verbose=0,
+        callbacks=[train.DerivedMetrics(), stopping],
+    )
+    assert "val_micro_f1" in history.history
+    assert len(history.history["loss"]) == 2
+
+
+def test_patience_counts_the_epochs_before_a_resume():
+    history = [{"val_loss": value} for value in (0.5, 0.4, 0.45, 0.46)]
+    stopping = train.ResumableEarlyStopping(history, "val_loss", "min", patience=2)
+    assert stopping.stopped_before()
+    stopping.on_train_begin()
+    assert (stopping.best, stopping.wait) == (0.4, 2)
+    assert not train.ResumableEarlyStopping(history[:3], "val_loss", "min", 2).stopped_before()
+
+
+def training_worker_pids() -> set[int]:
+    import psutil
+
+    return {
+        process.pid
+        for process in psutil.process_iter(["cmdline"])
+        if "RayTrainWorker" in " ".join(process.info["cmdline"] or [])
+    }
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint(tmp_path_factory, ray_session):
+    """kill -9 a training worker mid-run: Ray Train restarts it from the last epoch's
+    checkpoint, and the history has every epoch once."""
+    import psutil
+
+    run = prepared_run(tmp_path_factory.mktemp("killed"), n=120, image_size=32)
+    config = replace(TINY, epochs=12, workers=1)
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(out=train.train(run, "killed", config)))
+    before = training_worker_pids()
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not list((run.root / "ray" / "killed").glob("checkpoint_*")):
+        assert time.monotonic() < deadline and thread.is_alive(), "no checkpoint appeared"
+        time.sleep(0.05)
+    (victim,) = training_worker_pids() - before
+    psutil.Process(victim).kill()
+    replacements = set()
+    while thread.is_alive():  # the restarted worker is a new process
+        replacements |= training_worker_pids() - before - {victim}
+        thread.join(timeout=0.05)
+
+    history = history_of(result["out"])
+    assert [epoch["epoch"] for epoch in history] == list(range(1, 13))
+    assert replacements, "no worker was restarted"
 
 
 def test_shards_are_disjoint_stable_and_cover_the_split():
@@ -105,7 +263,7 @@ def test_vgg16_trains_from_scratch_with_weights_none(run):
         hparams={"dense_units": 16, "trainable_blocks": 1},
     )
     out = train.train(run, "vgg-tiny", config)
-    history = json.loads((out / "history.json").read_text())
+    history = history_of(out)
     assert len(history) == 1 and np.isfinite(history[0]["val_loss"])
     assert json.loads((out / "train_config.json").read_text())["model"] == "vgg16"
 
@@ -116,8 +274,16 @@ def test_vgg16_trains_from_scratch_with_weights_none(run):
         ({"workers": 0}, "--workers must be at least 1"),
         ({"epochs": 0}, "--epochs must be at least 1"),
         ({"batch_size": 1}, "--batch-size 1 is smaller than --workers 2"),
+        ({"precision": "int8"}, "unknown precision 'int8'"),
+        ({"workers": 3, "cpus_per_worker": 1.0}, "3 workers of 1 CPUs do not fit"),
     ],
 )
-def test_bad_counts_fail_before_ray_starts_anything(run, change, message):
+def test_bad_settings_fail_before_training_starts(run, change, message):
     with pytest.raises(PosterRayError, match=message):
         train.train(run, "bad", replace(TINY, **change))
+
+
+def test_keras_policy_is_left_float32_by_the_driver(run):
+    """The driver only builds the model to check it; training precision is the workers'."""
+    train.check_model_builds(replace(TINY, precision="bfloat16"), 6, 32)
+    assert keras.mixed_precision.global_policy().name == "float32"
