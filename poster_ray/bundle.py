@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +28,7 @@ import numpy as np
 
 from poster_ray.config import PreprocessSpec
 from poster_ray.errors import PosterRayError
+from poster_ray.storage import Location
 
 if TYPE_CHECKING:  # TensorFlow is imported only when a model is actually loaded.
     from poster_ray.tf_import import keras
@@ -52,10 +52,10 @@ class Bundle:
     spec: PreprocessSpec
     thresholds: np.ndarray
     info: dict
-    path: Path
+    path: Location
 
 
-def content_hash(directory: Path) -> str:
+def content_hash(directory: str | os.PathLike | Location) -> str:
     """sha256 over the hashed files, each preceded by its name and size.
 
     Names and sizes make the hash unambiguous: bytes moved from one file to the next
@@ -63,38 +63,35 @@ def content_hash(directory: Path) -> str:
     """
     digest = hashlib.sha256()
     for name in HASHED_FILES:
-        path = directory / name
-        digest.update(f"{name}\0{path.stat().st_size}\0".encode())
-        with path.open("rb") as file:
-            while chunk := file.read(1 << 20):
-                digest.update(chunk)
+        content = (Location.of(directory) / name).read_bytes()
+        digest.update(f"{name}\0{len(content)}\0".encode())
+        digest.update(content)
     return digest.hexdigest()
 
 
 def write_bundle(
-    out_dir: Path,
-    model_file: Path,
+    out_dir: Location,
+    model_file: Location,
     genres: list[str],
     spec: PreprocessSpec,
     thresholds: np.ndarray | list[float],
     train_config: dict,
     metrics: dict,
-) -> Path:
+) -> Location:
     """Write a bundle to ``out_dir``, replacing any bundle already there.
 
-    Everything is written into a temporary directory beside ``out_dir`` and renamed into
-    place at the end, so a crash never leaves a half-written bundle behind.
+    Everything is written into a local staging directory and committed at the end
+    (renamed into place, or uploaded), so a crash never leaves a half-written bundle.
     """
-    out_dir = Path(out_dir)
+    out_dir, model_file = Location.of(out_dir), Location.of(model_file)
     thresholds = [float(value) for value in np.asarray(thresholds, dtype=float)]
     if len(thresholds) != len(genres):
         raise PosterRayError(f"{len(thresholds)} thresholds for {len(genres)} genres")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.new-", dir=out_dir.parent))
-    try:
-        shutil.copyfile(model_file, staging / MODEL_FILE)
+    with out_dir.written_locally() as staging:
+        staging.mkdir()
+        (staging / MODEL_FILE).write_bytes(model_file.read_bytes())
         write_json(staging / GENRES_FILE, list(genres))
-        spec.save(staging / PREPROCESS_FILE)
+        write_json(staging / PREPROCESS_FILE, asdict(spec))
         write_json(staging / THRESHOLDS_FILE, thresholds)
         info = {
             "format_version": FORMAT_VERSION,
@@ -108,64 +105,55 @@ def write_bundle(
             "files": [*HASHED_FILES, INFO_FILE],
         }
         write_json(staging / INFO_FILE, info)
-        replace_directory(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
-
-
-def replace_directory(new: Path, target: Path) -> None:
-    """Move ``new`` to ``target``; an old ``target`` is moved aside first, then deleted."""
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        target.rename(old / target.name)
-        new.rename(target)
-        shutil.rmtree(old)
-    else:
-        new.rename(target)
 
 
 def write_json(path: Path, value: object) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n")
 
 
-def bundle_info(path: Path) -> dict:
+def bundle_info(path: str | os.PathLike | Location) -> dict:
     """The bundle's ``bundle.json``, read without importing TensorFlow."""
-    info_file = Path(path) / INFO_FILE
+    info_file = Location.of(path) / INFO_FILE
     if not info_file.is_file():
         raise PosterRayError(f"{path}: not a model bundle ({INFO_FILE} is missing)")
     try:
-        return json.loads(info_file.read_text())
+        return info_file.read_json()
     except json.JSONDecodeError as error:
         raise PosterRayError(f"{info_file}: not valid JSON ({error})") from None
 
 
-def load_bundle(path: Path) -> Bundle:
-    """Load a bundle after checking it is complete, unmodified and self-consistent."""
-    path = Path(path)
-    if not path.is_dir():
+def load_bundle(path: str | os.PathLike | Location) -> Bundle:
+    """Load a bundle (a folder or URI) after checking it is complete, unmodified and
+    self-consistent."""
+    location = Location.of(path)
+    if not location.is_dir():
         raise PosterRayError(f"{path}: no model bundle there (not a directory)")
+    with location.local_copy() as local:
+        return load_local_bundle(local, location)
+
+
+def load_local_bundle(local: Path, location: Location) -> Bundle:
     for name in (*HASHED_FILES, INFO_FILE):
-        if not (path / name).is_file():
-            raise PosterRayError(f"{path}: incomplete model bundle: {name} is missing")
-    info = bundle_info(path)
-    if content_hash(path) != info.get("content_hash"):
+        if not (local / name).is_file():
+            raise PosterRayError(f"{location}: incomplete model bundle: {name} is missing")
+    info = bundle_info(local)
+    if content_hash(local) != info.get("content_hash"):
         raise PosterRayError(
-            f"{path}: the bundle was modified after it was written (content hash mismatch); "
-            "write it again with `poster-ray evaluate`"
+            f"{location}: the bundle was modified after it was written (content hash "
+            "mismatch); write it again with `poster-ray evaluate`"
         )
-    genres = json.loads((path / GENRES_FILE).read_text())
-    spec = PreprocessSpec.load(path / PREPROCESS_FILE)
-    thresholds = np.asarray(json.loads((path / THRESHOLDS_FILE).read_text()), dtype=float)
+    genres = json.loads((local / GENRES_FILE).read_text())
+    spec = PreprocessSpec(**json.loads((local / PREPROCESS_FILE).read_text()))
+    thresholds = np.asarray(json.loads((local / THRESHOLDS_FILE).read_text()), dtype=float)
     if thresholds.shape != (len(genres),):
         raise PosterRayError(
-            f"{path}: {THRESHOLDS_FILE} holds {thresholds.size} thresholds "
+            f"{location}: {THRESHOLDS_FILE} holds {thresholds.size} thresholds "
             f"but {GENRES_FILE} lists {len(genres)} genres"
         )
-    model = load_safe_model(path / MODEL_FILE)
-    check_model_matches(model, len(genres), spec, path)
-    return Bundle(model, genres, spec, thresholds, info, path)
+    model = load_safe_model(local / MODEL_FILE)
+    check_model_matches(model, len(genres), spec, location)
+    return Bundle(model, genres, spec, thresholds, info, location)
 
 
 def load_safe_model(model_file: Path) -> keras.Model:

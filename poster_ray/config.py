@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from poster_ray.storage import Location
 
 DATASET_URL = "https://github.com/laxmimerit/Movies-Poster_Dataset"
 DEFAULT_DATA_DIR = Path("data/Movies-Poster_Dataset")
@@ -16,7 +18,8 @@ ID_COLUMN = "Id"
 NON_GENRE_COLUMNS = ("Id", "Genre", "N/A")
 NA_COLUMN = "N/A"
 
-MODEL_NAMES = ("custom_cnn", "vgg16")
+# The report's CNN, then transfer models named after their backbone (models.backbones).
+MODEL_NAMES = ("custom_cnn", "efficientnet_lite0", "efficientnet_lite2", "vgg16", "resnet50")
 
 SPLIT_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}
 SPLITS = tuple(SPLIT_FRACTIONS)
@@ -39,50 +42,69 @@ class PreprocessSpec:
     def shape(self) -> tuple[int, int, int]:
         return (self.image_size, self.image_size, 3)
 
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+    def save(self, location: Location) -> None:
+        location.write_json(asdict(self))
 
     @classmethod
-    def load(cls, path: Path) -> PreprocessSpec:
-        return cls(**json.loads(path.read_text()))
+    def load(cls, location: Location) -> PreprocessSpec:
+        return cls(**location.read_json())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class RunDir:
-    """The layout of a run directory, shared by every stage that reads or writes it."""
+    """The layout of a run directory (a local path or a URI), shared by every stage."""
 
-    root: Path
+    root: Location
+
+    def __init__(self, root: str | os.PathLike | Location) -> None:
+        object.__setattr__(self, "root", Location.of(root))
 
     @property
-    def manifest(self) -> Path:
+    def manifest(self) -> Location:
         return self.root / "manifest.parquet"
 
     @property
-    def genres(self) -> Path:
+    def genres(self) -> Location:
         return self.root / "genres.json"
 
     @property
-    def preprocess(self) -> Path:
+    def preprocess(self) -> Location:
         return self.root / "preprocess.json"
 
     @property
-    def summary(self) -> Path:
+    def summary(self) -> Location:
         return self.root / "prepare_summary.json"
 
     @property
-    def dropped(self) -> Path:
+    def dropped(self) -> Location:
         return self.root / "dropped.csv"
 
     @property
-    def cache(self) -> Path:
-        """Decoded uint8 posters as Parquet, partitioned by split: decoded once, read often."""
-        return self.root / "cache"
+    def ray_storage(self) -> Location:
+        """Ray Train and Tune runs (checkpoints, results), on the run's own storage."""
+        return self.root / "ray"
 
-    def cache_split(self, split: str) -> Path:
-        return self.cache / f"split={split}"
+    def cache(self, image_size: int) -> Location:
+        """Decoded uint8 posters at one size, Parquet partitioned by split: decoded once,
+        read often. prepare writes the run's own size; other sizes (a pretrained model's
+        native resolution) are decoded when first needed."""
+        return self.root / "cache" / f"{image_size}px"
+
+    def cache_split(self, split: str, image_size: int) -> Location:
+        return self.cache(image_size) / f"split={split}"
+
+    def features(self, backbone: str, image_size: int) -> Location:
+        """A frozen backbone's pooled features of every poster, partitioned by split."""
+        return self.root / "features" / f"{backbone}-{image_size}px"
+
+    def model(self, name: str) -> Location:
+        return self.root / "models" / name
 
     def load_genres(self) -> list[str]:
-        return json.loads(self.genres.read_text())
+        return self.genres.read_json()
+
+    def load_spec(self) -> PreprocessSpec:
+        return PreprocessSpec.load(self.preprocess)
 
 
 # Validation metrics that can pick the best epoch or trial, with their direction. None of
@@ -110,11 +132,21 @@ class TrainConfig:
     precision: str = "auto"  # auto, float32, bfloat16 or float16: resources.PRECISIONS
     early_stopping: int = 3  # patience in epochs on `monitor`; 0 turns it off
     monitor: str = "val_loss"  # picks the best epoch: one of MONITORS
-    weights: str = "none"  # vgg16 only: none, imagenet or a .h5 path
+    loss: str = "bce"  # one of LOSSES
     hparams: dict = field(default_factory=dict)
+    # Transfer models: backbone weights (imagenet, none or a file), input size (default:
+    # the backbone's native resolution), and optional fine-tuning after the head.
+    weights: str = "imagenet"
+    input_size: int | None = None
+    fine_tune_blocks: int = 0  # the backbone's top blocks to unfreeze; 0: frozen backbone
+    fine_tune_epochs: int = 3
+    fine_tune_learning_rate: float = 1e-4
     max_failures: int = 2
     shuffle_buffer: int = 256
 
+
+# Multi-label losses (models.losses): plain, positive-weighted per genre, focal, asymmetric.
+LOSSES = ("bce", "weighted_bce", "focal", "asymmetric")
 
 SEARCHERS = ("tpe", "gp")  # Optuna's TPE; Gaussian-process BayesOptSearch
 

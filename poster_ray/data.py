@@ -6,7 +6,7 @@ so they all see the same genres, split and pixels.
 
 from __future__ import annotations
 
-import json
+import io
 import re
 import shutil
 import subprocess
@@ -14,11 +14,12 @@ import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.compute as pc
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
@@ -36,30 +37,34 @@ from poster_ray.config import (
     RunDir,
 )
 from poster_ray.errors import PosterRayError
-from poster_ray.images import decode_files, pack_images, unpack_images
+from poster_ray.images import decode_files, pack_images
 from poster_ray.runtime import init_ray
+from poster_ray.storage import Location
 
 # Ids name files: anything beyond these characters could escape the Images folder.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Rows per decode task: large enough to amortise Ray's per-task cost (32 ran at half the
 # speed of 128 on 2 cores), small enough to keep every core busy to the end.
 _ROWS_PER_BLOCK = 128
+# Written last into a decoded cache: its presence means the cache is complete.
+DECODED_MARKER = "_decoded.json"
 
 
 # ---------------------------------------------------------------- finding the data
 
 
-def resolve_data_dir(data: str | None, environ: dict[str, str]) -> Path:
-    """--data, else $POSTER_DATA, else the default folder, cloning the dataset into it."""
+def resolve_data_dir(data: str | None, environ: dict[str, str]) -> Location:
+    """--data (a folder or URI), else $POSTER_DATA, else the default folder, cloning the
+    dataset into it."""
     chosen = data or environ.get(DATA_ENV_VAR)
     if chosen:
-        path = Path(chosen)
-        if not (path / "train.csv").is_file():
-            raise PosterRayError(f"{path}: no train.csv there (expected train.csv + Images/)")
-        return path
+        location = Location.of(chosen)
+        if not (location / "train.csv").is_file():
+            raise PosterRayError(f"{chosen}: no train.csv there (expected train.csv + Images/)")
+        return location
     if not (DEFAULT_DATA_DIR / "train.csv").is_file():
         clone_dataset(DEFAULT_DATA_DIR)
-    return DEFAULT_DATA_DIR
+    return Location.of(DEFAULT_DATA_DIR)
 
 
 def clone_dataset(target: Path) -> None:
@@ -87,12 +92,12 @@ def clone_dataset(target: Path) -> None:
 # ---------------------------------------------------------------- labels
 
 
-def read_label_csv(csv_path: Path) -> pd.DataFrame:
+def read_label_csv(csv_path: Location) -> pd.DataFrame:
     """Read train.csv as strings, so that every value can be checked before use."""
     if not csv_path.is_file():
         raise PosterRayError(f"{csv_path}: file not found")
     try:
-        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+        frame = pd.read_csv(io.BytesIO(csv_path.read_bytes()), dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
         raise PosterRayError(f"{csv_path}: file is empty") from None
     except UnicodeDecodeError:
@@ -164,11 +169,17 @@ def clean_labels(frame: pd.DataFrame, genres: list[str]) -> tuple[pd.DataFrame, 
     return kept.reset_index(drop=True), dropped.reset_index(drop=True)
 
 
-def attach_image_paths(kept: pd.DataFrame, images_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Add each poster's path; rows whose image file is missing are dropped and listed."""
-    paths = [images_dir / f"{poster_id}.jpg" for poster_id in kept[ID_COLUMN]]
-    exists = np.array([path.is_file() for path in paths], dtype=bool)
-    with_paths = kept.assign(path=[str(path.resolve()) for path in paths])
+def attach_image_paths(
+    kept: pd.DataFrame, images_dir: Location
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Add each poster's path; rows whose image file is missing are dropped and listed.
+
+    The folder is listed once: one request on a bucket, not one per poster.
+    """
+    present = {child.name for child in images_dir.iterdir()}
+    names = [f"{poster_id}.jpg" for poster_id in kept[ID_COLUMN]]
+    exists = np.array([name in present for name in names], dtype=bool)
+    with_paths = kept.assign(path=[str(images_dir / name) for name in names])
     missing = pd.DataFrame(
         {"id": kept.loc[~exists, ID_COLUMN], "line": -1, "reason": "image missing"}
     )
@@ -238,33 +249,32 @@ def decode_dataset(records: pd.DataFrame, spec: PreprocessSpec) -> ray.data.Data
 
 
 @contextmanager
-def all_cpus_to_one_operator() -> Iterator[None]:
+def data_context(**settings) -> Iterator[None]:
+    """Ray Data's context with `settings` while the block runs, as it was afterwards."""
+    context = ray.data.DataContext.get_current()
+    previous = {name: getattr(context, name) for name in settings}
+    for name, value in settings.items():
+        setattr(context, name, value)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            setattr(context, name, value)
+
+
+def all_cpus_to_one_operator():
     """Let a one-operator pipeline use every CPU while it runs.
 
     Ray Data reserves part of the CPUs for operators that a single read->decode->write
     chain does not have: on 2 cores that left decoding at 1.2 tasks in flight, 0.7x the
     speed with it off (bench/preprocess_throughput.py).
     """
-    context = ray.data.DataContext.get_current()
-    previous = context.op_resource_reservation_enabled
-    context.op_resource_reservation_enabled = False
-    try:
-        yield
-    finally:
-        context.op_resource_reservation_enabled = previous
+    return data_context(op_resource_reservation_enabled=False)
 
 
-@contextmanager
-def without_progress_bars() -> Iterator[None]:
-    """Build datasets without progress bars (a dataset keeps the context it was made in),
-    leaving the process's own setting as it was."""
-    context = ray.data.DataContext.get_current()
-    previous = context.enable_progress_bars
-    context.enable_progress_bars = False
-    try:
-        yield
-    finally:
-        context.enable_progress_bars = previous
+def without_progress_bars():
+    """Build datasets without progress bars (a dataset keeps the context it was made in)."""
+    return data_context(enable_progress_bars=False)
 
 
 def _decode_batch(batch: dict[str, np.ndarray], spec: PreprocessSpec) -> dict[str, np.ndarray]:
@@ -274,12 +284,25 @@ def _decode_batch(batch: dict[str, np.ndarray], spec: PreprocessSpec) -> dict[st
 
 
 def _unpack_batch(
-    batch: dict[str, np.ndarray], spec: PreprocessSpec, shard: tuple[int, int] | None
+    batch: dict[str, np.ndarray],
+    column: str,
+    dtype: str,
+    shape: tuple[int, ...],
+    shard: tuple[int, int] | None,
 ) -> dict[str, np.ndarray]:
+    """Raw bytes of `column` -> arrays; keep this shard's rows; drop the rest."""
     keep = np.ones(len(batch["id"]), dtype=bool)
     if shard is not None:
         keep = shard_of(batch["id"], shard[1]) == shard[0]
-    return {"image": unpack_images(batch["image"][keep], spec), "labels": batch["labels"][keep]}
+    return {
+        column: unpack_arrays(batch[column][keep], dtype, shape),
+        "labels": batch["labels"][keep],
+    }
+
+
+def unpack_arrays(blobs: np.ndarray, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """N raw byte strings (the caches' storage format) -> an (N, *shape) array."""
+    return np.frombuffer(b"".join(blobs), dtype=dtype).reshape(len(blobs), *shape)
 
 
 def shard_of(ids: np.ndarray, num_shards: int) -> np.ndarray:
@@ -287,51 +310,119 @@ def shard_of(ids: np.ndarray, num_shards: int) -> np.ndarray:
     return np.array([zlib.crc32(str(poster_id).encode()) % num_shards for poster_id in ids])
 
 
+def read_table(location: Location, columns: list[str] | None = None) -> pd.DataFrame:
+    """A Parquet file or a (hive-partitioned) folder of them, on any storage."""
+    return pq.read_table(location.path, filesystem=location.fs, columns=columns).to_pandas()
+
+
+def write_table(frame: pd.DataFrame, location: Location) -> None:
+    """One Parquet file, committed atomically."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer)
+    location.write_bytes(buffer.getvalue().to_pybytes())
+
+
+def train_labels(run: RunDir) -> np.ndarray:
+    """The training split's label matrix, from the manifest: what baselines and class
+    weights learn from."""
+    manifest = read_table(run.manifest, ["split", "labels"])
+    return np.stack(manifest.loc[manifest["split"] == "train", "labels"].to_numpy())
+
+
 def shard_sizes(run: RunDir, split: str, num_shards: int) -> list[int]:
     """How many posters of `split` each shard holds (from the manifest, no reading)."""
-    manifest = pd.read_parquet(run.manifest, columns=["id", "split"])
+    manifest = read_table(run.manifest, columns=["id", "split"])
     shards = shard_of(manifest.loc[manifest["split"] == split, "id"].to_numpy(), num_shards)
     return np.bincount(shards, minlength=num_shards).tolist()
 
 
-def load_split(run: RunDir, split: str, shard: tuple[int, int] | None = None) -> ray.data.Dataset:
+def load_split(
+    run: RunDir, split: str, shard: tuple[int, int] | None = None, image_size: int | None = None
+) -> ray.data.Dataset:
     """One split's decoded posters from the cache: `image` (uint8 HxWx3) and `labels`.
 
     `shard` (index, count) keeps one disjoint part of the split, chosen by id.
+    `image_size` defaults to the run's own; another size is decoded first if need be.
     """
+    spec = decoded_spec(run, image_size)
+    return read_cached_arrays(
+        run.cache_split(split, spec.image_size), "image", "uint8", spec.shape, shard
+    )
+
+
+def read_cached_arrays(
+    location: Location,
+    column: str,
+    dtype: str,
+    shape: tuple[int, ...],
+    shard: tuple[int, int] | None = None,
+) -> ray.data.Dataset:
+    """A cache's usable rows as a Ray Dataset of `column` (arrays) and `labels`."""
     from ray.data.expressions import col
 
-    path = run.cache_split(split)
-    if not path.is_dir():
-        raise PosterRayError(f"{path}: no cached split; run `poster-ray prepare` first")
-    spec = PreprocessSpec.load(run.preprocess)
     return (
-        ray.data.read_parquet(
-            str(path.resolve()),  # Ray's workers need not share the driver's directory
-            columns=["id", "image", "labels", "error"],
-        )
+        ray.data.read_parquet(location.uri, columns=["id", column, "labels", "error"])
         .filter(expr=col("error") == "")
-        .map_batches(_unpack_batch, fn_kwargs={"spec": spec, "shard": shard}, batch_size=64)
+        .map_batches(
+            _unpack_batch,
+            fn_kwargs={"column": column, "dtype": dtype, "shape": shape, "shard": shard},
+            batch_size=64,
+        )
     )
 
 
-def read_split_arrays(run: RunDir, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def read_split_arrays(
+    run: RunDir, split: str, image_size: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, images, labels) of one split as numpy arrays, for single-process use."""
-    table = pq.read_table(run.cache_split(split), columns=["id", "image", "labels", "error"])
-    frame = table.filter(pc.equal(table["error"], "")).to_pandas()
-    spec = PreprocessSpec.load(run.preprocess)
+    spec = decoded_spec(run, image_size)
+    frame = read_table(run.cache_split(split, spec.image_size), ["id", "image", "labels", "error"])
+    frame = frame[frame["error"] == ""]
     return (
         frame["id"].to_numpy(),
-        unpack_images(frame["image"].to_numpy(), spec),
+        unpack_arrays(frame["image"].to_numpy(), "uint8", spec.shape),
         np.stack(frame["labels"].to_numpy()),
     )
+
+
+def decode_to_cache(records: pd.DataFrame, run: RunDir, spec: PreprocessSpec) -> None:
+    """Decode every poster of `records` at `spec`'s size into the run's cache, in parallel;
+    a marker file records that the cache is complete."""
+    cache = run.cache(spec.image_size)
+    cache.remove()
+    print(f"Decoding {len(records)} posters at {spec.image_size}x{spec.image_size} ...", flush=True)
+    with all_cpus_to_one_operator():
+        decode_dataset(records, spec).write_parquet(
+            cache.uri, partition_cols=["split"], compression="none", use_dictionary=False
+        )
+    (cache / DECODED_MARKER).write_json({"posters": len(records), "image_size": spec.image_size})
+
+
+def decoded_spec(run: RunDir, image_size: int | None = None) -> PreprocessSpec:
+    """The run's preprocessing at `image_size` (default: the run's own), its posters
+    decoded at that size first if they are not yet."""
+    if not run.manifest.is_file():
+        raise PosterRayError(f"{run.root}: not a prepared run; run `poster-ray prepare` first")
+    spec = run.load_spec()
+    spec = replace(spec, image_size=image_size or spec.image_size)
+    ensure_decoded(run, spec.image_size)
+    return spec
+
+
+def ensure_decoded(run: RunDir, image_size: int) -> None:
+    """Decode the run's posters at `image_size` unless that cache is complete: a
+    pretrained model's native resolution, say, beside the run's own."""
+    if (run.cache(image_size) / DECODED_MARKER).is_file():
+        return
+    init_ray()
+    decode_to_cache(read_table(run.manifest), run, replace(run.load_spec(), image_size=image_size))
 
 
 # ---------------------------------------------------------------- the prepare stage
 
 
 def prepare(
-    data_dir: Path,
+    data_dir: Location | str,
     run: RunDir,
     spec: PreprocessSpec,
     seed: int = 42,
@@ -345,6 +436,7 @@ def prepare(
     if spec.image_size < 1:
         raise PosterRayError(f"--image-size must be at least 1, got {spec.image_size}")
     started = time.perf_counter()
+    data_dir = Location.of(data_dir)
     csv_path = data_dir / "train.csv"
     frame = read_label_csv(csv_path)
     genres = genres_from_header(list(frame.columns))
@@ -365,29 +457,38 @@ def prepare(
     )
 
     init_ray(num_cpus)
-    run.root.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(run.cache, ignore_errors=True)
-    print(f"Decoding {len(records)} posters at {spec.image_size}x{spec.image_size} ...", flush=True)
-    with all_cpus_to_one_operator():
-        decode_dataset(records, spec).write_parquet(
-            str(run.cache), partition_cols=["split"], compression="none", use_dictionary=False
-        )
+    warn_if_local_on_a_cluster(run.root)
+    run.root.mkdir()
+    for derived in ("cache", "features"):  # decoded at other sizes from an older manifest
+        (run.root / derived).remove()
+    decode_to_cache(records, run, spec)
 
-    errors = pq.read_table(run.cache, columns=["id", "error"]).to_pandas()
+    errors = read_table(run.cache(spec.image_size), columns=["id", "error"])
     bad = errors[errors["error"] != ""]
     bad_files = pd.DataFrame({"id": bad["id"], "line": -1, "reason": "unreadable: " + bad["error"]})
     manifest = records[~records["id"].isin(bad["id"])].reset_index(drop=True)
 
-    manifest.to_parquet(run.manifest, index=False)
-    run.genres.write_text(json.dumps(genres, indent=1) + "\n")
+    write_table(manifest, run.manifest)
+    run.genres.write_json(genres)
     spec.save(run.preprocess)
     dropped = pd.concat([dropped_rows, missing, bad_files], ignore_index=True)
-    dropped.to_csv(run.dropped, index=False)
+    run.dropped.write_text(dropped.to_csv(index=False))
 
     summary = summarize(frame, manifest, dropped, genres, spec, data_dir, seed)
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    run.summary.write_text(json.dumps(summary, indent=2) + "\n")
+    run.summary.write_json(summary)
     return summary
+
+
+def warn_if_local_on_a_cluster(root: Location) -> None:
+    """Every node writes its part of the cache: on several nodes, a run directory on
+    one node's own disk would be scattered."""
+    nodes = [node for node in ray.nodes() if node["Alive"]]
+    if root.is_local and len(nodes) > 1:
+        print(
+            f"warning: {root} is a local path and the Ray cluster has {len(nodes)} nodes: "
+            "it must be a mount every node shares, or use an s3:// or gs:// run directory"
+        )
 
 
 def summarize(
@@ -396,7 +497,7 @@ def summarize(
     dropped: pd.DataFrame,
     genres: list[str],
     spec: PreprocessSpec,
-    data_dir: Path,
+    data_dir: Location,
     seed: int,
 ) -> dict:
     """What prepare kept and dropped and why, and the genre counts of each split."""

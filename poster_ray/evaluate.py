@@ -25,16 +25,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from poster_ray import data, metrics, models
-from poster_ray.bundle import check_model_matches, write_bundle, write_json
-from poster_ray.config import PreprocessSpec, RunDir
+from poster_ray.bundle import check_model_matches, write_bundle
+from poster_ray.config import RunDir
+from poster_ray.data import train_labels
 from poster_ray.errors import PosterRayError
+from poster_ray.storage import Location
 from poster_ray.tf_import import keras
 
 MODEL_AT_HALF = "model @ 0.5"
@@ -56,17 +57,11 @@ def predict_arrays(model: keras.Model, images: np.ndarray, batch_size: int = 64)
     return np.concatenate(batches).astype(np.float32)
 
 
-def train_labels(run: RunDir) -> np.ndarray:
-    """The training split's label matrix, from the manifest: what the baselines learn."""
-    manifest = pd.read_parquet(run.manifest, columns=["split", "labels"])
-    return np.stack(manifest.loc[manifest["split"] == "train", "labels"].to_numpy())
-
-
 def predict_split(
     model: keras.Model, run: RunDir, split: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids, labels, probabilities) of one cached split."""
-    ids, images, labels = data.read_split_arrays(run, split)
+    """(ids, labels, probabilities) of one split, decoded at the model's input size."""
+    ids, images, labels = data.read_split_arrays(run, split, model.input_shape[1])
     return ids, labels, predict_arrays(model, images)
 
 
@@ -75,21 +70,23 @@ def split_fingerprint(ids: np.ndarray) -> str:
     return hashlib.sha256("\n".join(sorted(map(str, ids))).encode()).hexdigest()[:16]
 
 
-def evaluate_model_dir(model_dir: Path, run: RunDir) -> dict:
+def evaluate_model_dir(model_dir: Location, run: RunDir) -> dict:
     """Evaluate ``model_dir/model.keras`` on ``run``; write metrics, report and bundle.
 
     Returns the headline numbers (see ``headline``) plus ``rows``, the metrics dicts
     that ``format_headline`` tabulates.
     """
-    model_dir = Path(model_dir)
+    model_dir = Location.of(model_dir)
     model_file = model_dir / "model.keras"
     genres = run.load_genres()
-    spec = PreprocessSpec.load(run.preprocess)
-    model = models.load_model(model_file)
+    with model_file.local_copy() as path:
+        model = models.load_model(path)
+    # The model's own input size: a pretrained backbone's native resolution, say.
+    spec = replace(run.load_spec(), image_size=model.input_shape[1])
     check_model_matches(model, len(genres), spec, model_file)
     train_config = read_json(model_dir / "train_config.json", default={})
     history = read_json(model_dir / "history.json", default=[])
-    name = train_config.get("model", model_dir.name)
+    name = model_dir.name
 
     _, val_labels, val_prob = predict_split(model, run, "val")
     test_ids, test_labels, test_prob = predict_split(model, run, "test")
@@ -101,10 +98,10 @@ def evaluate_model_dir(model_dir: Path, run: RunDir) -> dict:
         ),
     }
     baselines = metrics.baseline_metrics(train_labels(run), test_labels, genres)
-    summary = headline(name, rows, baselines)
+    validation = metrics.classification_metrics(val_labels, val_prob, thresholds, genres)
+    summary = headline(name, rows, baselines, validation)
 
-    write_json(
-        model_dir / "metrics.json",
+    (model_dir / "metrics.json").write_json(
         {
             "model": name,
             "test_split": split_fingerprint(test_ids),
@@ -113,22 +110,23 @@ def evaluate_model_dir(model_dir: Path, run: RunDir) -> dict:
             "headline": summary,
             "test@0.5": rows[MODEL_AT_HALF],
             "test@calibrated": rows[MODEL_CALIBRATED],
-            "val@calibrated": metrics.classification_metrics(
-                val_labels, val_prob, thresholds, genres
-            ),
+            "val@calibrated": validation,
             "baselines": baselines,
         },
     )
-    curves = sorted(path.name for path in model_dir.glob("curve_*.png"))
+    curves = [path.name for path in model_dir.glob("curve_*.png")]
     report = metrics.markdown_report(rows, baselines, genres, curves, detail=MODEL_CALIBRATED)
     (model_dir / "report.md").write_text(add_model_section(report, name, history, train_config))
-    bundle_config = {"model": name, **train_config}
+    bundle_config = {**train_config, "model": train_config.get("model", name), "name": name}
     write_bundle(model_dir / "bundle", model_file, genres, spec, thresholds, bundle_config, summary)
     return {**summary, "rows": {**rows, **baselines}}
 
 
-def headline(name: str, rows: dict[str, dict], baselines: dict[str, dict]) -> dict:
-    """The numbers that say whether the model is any use: micro-F1 vs "always Drama, Comedy"."""
+def headline(
+    name: str, rows: dict[str, dict], baselines: dict[str, dict], validation: dict
+) -> dict:
+    """The numbers that say whether the model is any use: micro-F1 vs "always Drama,
+    Comedy" on the test split; and validation micro-F1, to choose between models."""
     constant = next(baseline for baseline in baselines if baseline.startswith("always "))
     calibrated_f1 = rows[MODEL_CALIBRATED]["micro"]["f1"]
     baseline_f1 = baselines[constant]["micro"]["f1"]
@@ -140,6 +138,7 @@ def headline(name: str, rows: dict[str, dict], baselines: dict[str, dict]) -> di
         "baseline": constant,
         "baseline_micro_f1": baseline_f1,
         "beats_baseline": calibrated_f1 > baseline_f1,
+        "val_micro_f1": validation["micro"]["f1"],
     }
 
 
@@ -163,7 +162,7 @@ def format_headline(result: dict, table: bool = True) -> str:
     )
 
 
-def compare_models(paths: list[Path]) -> str:
+def compare_models(paths: list[Location]) -> str:
     """One Markdown table of evaluated models, each at its calibrated thresholds and at
     0.5, beside the trivial baselines: the seed report's model comparison.
 
@@ -186,16 +185,16 @@ def compare_models(paths: list[Path]) -> str:
     return metrics.comparison_table(rows)
 
 
-def model_dirs(paths: list[Path]) -> list[Path]:
+def model_dirs(paths: list[Location]) -> list[Location]:
     """The evaluated model directories that `paths` name, directly or as whole runs."""
     found = []
-    for path in paths:
+    for path in map(Location.of, paths):
         if (path / "metrics.json").is_file():
             found.append(path)
         elif RunDir(path).manifest.is_file():
-            in_run = sorted(
-                metrics_file.parent for metrics_file in path.glob("models/*/metrics.json")
-            )
+            in_run = [
+                model for model in (path / "models").iterdir() if (model / "metrics.json").is_file()
+            ]
             if not in_run:
                 raise PosterRayError(f"{path}: no evaluated model under {path / 'models'}")
             found.extend(in_run)
@@ -207,7 +206,7 @@ def model_dirs(paths: list[Path]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def model_labels(model_dirs: list[Path]) -> dict[Path, str]:
+def model_labels(model_dirs: list[Location]) -> dict[Location, str]:
     """Each model's directory name, or run/name where two runs share a model name."""
     names = [model_dir.name for model_dir in model_dirs]
     return {
@@ -218,6 +217,6 @@ def model_labels(model_dirs: list[Path]) -> dict[Path, str]:
     }
 
 
-def read_json(path: Path, default: Any) -> Any:
+def read_json(location: Location, default: Any) -> Any:
     """A JSON file's value, or ``default`` when a model dir lacks that file."""
-    return json.loads(path.read_text()) if path.is_file() else default
+    return location.read_json() if location.is_file() else default

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageFile
 
 from poster_ray.config import PreprocessSpec
+from poster_ray.storage import read_file_bytes
 
 # Posters are about 300x445 px; anything above this is a decompression bomb, not a poster.
 MAX_PIXELS = 40_000_000
@@ -68,10 +69,10 @@ def describe_error(error: Exception) -> str:
 
 
 def read_and_decode(path: str, spec: PreprocessSpec) -> tuple[np.ndarray | None, str]:
-    """Read one poster file; returns (pixels, "") or (None, error message)."""
+    """Read one poster file (a local path or a URI); returns (pixels, "") or (None, error
+    message)."""
     try:
-        with open(path, "rb") as file:
-            return decode_poster(file.read(), spec), ""
+        return decode_poster(read_file_bytes(path), spec), ""
     except Exception as error:  # noqa: BLE001 - any failure becomes an error row
         return None, describe_error(error)
 

@@ -28,6 +28,7 @@ its score is >= its threshold.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
     roc_auc_score,
 )
+
+from poster_ray.storage import Location
 
 AVERAGES = ("micro", "macro", "weighted", "samples")
 # Keras history keys plotted by plot_history, each against its "val_" twin.
@@ -345,14 +348,13 @@ def _markdown_row(cells: list[str]) -> str:
 # --- curves -----------------------------------------------------------------------------
 
 
-def plot_history(history: dict[str, list[float]], out_dir: Path) -> list[Path]:
+def plot_history(history: dict[str, list[float]], out_dir: Location) -> list[Location]:
     """Train vs validation curves per epoch, one `curve_<metric>.png` per metric present.
 
     These are the seed report's diagnostics (a widening train/validation gap is
     overfitting). Uses a bare Figure, not pyplot, so no global backend state changes.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Location.of(out_dir)
     written = []
     for metric in CURVE_METRICS:
         if metric not in history:
@@ -370,12 +372,21 @@ def plot_history(history: dict[str, list[float]], out_dir: Path) -> list[Path]:
         axes.legend()
         figure.tight_layout()
         path = out_dir / f"curve_{metric}.png"
-        figure.savefig(path, dpi=100)
+        save_figure(figure, path)
         written.append(path)
     return written
 
 
-def plot_trials(trials: list[dict], objective: str, higher_is_better: bool, path: Path) -> Path:
+def save_figure(figure: Figure, location: Location) -> None:
+    """A PNG of `figure` at `location`, on any storage."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    Location.of(location).write_bytes(buffer.getvalue())
+
+
+def plot_trials(
+    trials: list[dict], objective: str, higher_is_better: bool, path: Location
+) -> Location:
     """Each tuning trial's best objective in the order the searcher proposed them, with
     the best so far as a line: how fast the search found what it found."""
     figure = Figure(figsize=(7, 4))
@@ -397,5 +408,5 @@ def plot_trials(trials: list[dict], objective: str, higher_is_better: bool, path
     axes.set_ylabel(objective)
     axes.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path)
     return path

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import ray
 
 from poster_ray import PROCESS_ENV
+from poster_ray.storage import SUBMITTED_JOB_ENV_VAR
+
+# Run in every worker process before anything else: TensorFlow's first import, quiet.
+SETUP_HOOK = "poster_ray.quiet_tensorflow.install_quiet_import"
 
 
 def init_ray(num_cpus: int | None = None) -> None:
@@ -22,14 +27,27 @@ def init_ray(num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "0")
     ray.init(
         num_cpus=num_cpus,
-        runtime_env={
-            "env_vars": PROCESS_ENV,
-            "worker_process_setup_hook": "poster_ray.quiet_tensorflow.install_quiet_import",
-        },
+        runtime_env=worker_runtime_env(),
         log_to_driver=True,
         logging_config=ray.LoggingConfig(encoding="TEXT", log_level="WARNING"),
     )
     ray.data.DataContext.get_current().enable_progress_bars = True
+
+
+def worker_runtime_env() -> dict:
+    """What every worker needs that the job's own runtime_env does not already give.
+
+    Ray refuses a driver runtime_env that repeats a field or variable of the one a job
+    was submitted with (`ray job submit --runtime-env-json`), so only the rest is added.
+    """
+    given = json.loads(os.environ.get(SUBMITTED_JOB_ENV_VAR, "{}")).get("runtime_env") or {}
+    env_vars = {
+        key: value for key, value in PROCESS_ENV.items() if key not in (given.get("env_vars") or {})
+    }
+    extra = {"env_vars": env_vars} if env_vars else {}
+    if "worker_process_setup_hook" not in given:
+        extra["worker_process_setup_hook"] = SETUP_HOOK
+    return extra
 
 
 def ray_logs_dir() -> Path | None:

@@ -41,7 +41,7 @@ def model_file(tmp_path_factory):
 
 
 def write(out_dir, model_file, genres=GENRES, thresholds=THRESHOLDS):
-    return write_bundle(out_dir, model_file, genres, SPEC, thresholds, CONFIG, METRICS)
+    return write_bundle(out_dir, model_file, genres, SPEC, thresholds, CONFIG, METRICS).local_path
 
 
 def pixels(batch):
@@ -59,7 +59,7 @@ def test_round_trip_gives_the_same_model_and_metadata(model_file, tmp_path):
     assert bundle.genres == GENRES
     assert bundle.spec == SPEC
     np.testing.assert_array_equal(bundle.thresholds, THRESHOLDS)
-    assert bundle.path == path
+    assert bundle.path.local_path == path
     assert bundle.info["model"] == "custom_cnn"
     assert bundle.info["train_config"] == CONFIG
     assert bundle.info["metrics"] == METRICS

@@ -302,7 +302,7 @@ def test_prepare_writes_genres_and_preprocess_spec(prepared):
     assert run.load_genres() == GENRES
     assert PreprocessSpec.load(run.preprocess) == SPEC
     for split in SPLITS:
-        assert run.cache_split(split).is_dir()
+        assert run.cache_split(split, SPEC.image_size).is_dir()
 
 
 def test_read_split_arrays_agrees_with_the_manifest(prepared):
@@ -363,7 +363,7 @@ def test_explicit_data_dir_without_train_csv(tmp_path):
 
 def test_env_var_is_used_without_data(synthetic_dataset):
     resolved = data.resolve_data_dir(None, {"POSTER_DATA": str(synthetic_dataset)})
-    assert resolved == synthetic_dataset
+    assert resolved.local_path == synthetic_dataset
 
 
 def test_data_argument_wins_over_env_var(synthetic_dataset, tmp_path):
@@ -374,7 +374,7 @@ def test_data_argument_wins_over_env_var(synthetic_dataset, tmp_path):
 def test_default_dir_is_used_when_present(synthetic_dataset, monkeypatch):
     monkeypatch.setattr(data, "DEFAULT_DATA_DIR", synthetic_dataset)
     monkeypatch.setattr(data, "clone_dataset", lambda target: pytest.fail("cloned anyway"))
-    assert data.resolve_data_dir(None, {}) == synthetic_dataset
+    assert data.resolve_data_dir(None, {}).local_path == synthetic_dataset
 
 
 def test_failed_clone_is_one_line_naming_data_and_env_var(tmp_path, monkeypatch):

@@ -45,7 +45,7 @@ def model_dir(run):
         {"epoch": epoch, "loss": loss, "val_loss": loss}
         for epoch, loss in enumerate(fit.history["loss"], start=1)
     ]
-    directory = run.root / "models" / "custom_cnn"
+    directory = run.root.local_path / "models" / "custom_cnn"
     directory.mkdir(parents=True)
     model.save(directory / "model.keras")
     (directory / "history.json").write_text(json.dumps(history))
@@ -142,7 +142,7 @@ def test_bundle_carries_the_calibrated_thresholds(result, written, model_dir, ru
     np.testing.assert_allclose(bundle.thresholds, written["thresholds"])
     assert bundle.genres == run.load_genres()
     assert bundle.spec == SPEC
-    assert bundle.info["train_config"] == CONFIG
+    assert bundle.info["train_config"] == {**CONFIG, "name": "custom_cnn"}
     assert bundle.info["metrics"] == written["headline"]
 
 
@@ -158,7 +158,7 @@ def save_untrained_model(run: RunDir, name: str) -> Path:
     model = models.build_custom_cnn(
         len(run.load_genres()), image_size=SPEC.image_size, filters=(4, 4), dense_units=(8,)
     )
-    directory = run.root / "models" / name
+    directory = run.root.local_path / "models" / name
     directory.mkdir(parents=True)
     model.save(directory / "model.keras")
     return directory
