@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, replace
@@ -28,7 +29,6 @@ from poster_ray import metrics, models, train
 from poster_ray.config import (
     MONITORS,
     SEARCHERS,
-    PreprocessSpec,
     RunDir,
     TrainConfig,
     TuneSettings,
@@ -36,6 +36,7 @@ from poster_ray.config import (
 )
 from poster_ray.errors import PosterRayError
 from poster_ray.models import Choice, Range
+from poster_ray.storage import Location
 
 SETTINGS_FILE = "poster_ray_tune.json"
 TRIAL_TRAIN_RUNS = "train_runs"  # each trial's Ray Train run, under the experiment
@@ -48,7 +49,7 @@ def tune_model(
     base: TrainConfig,
     settings: TuneSettings,
     callbacks: Sequence[tune.Callback] = (),
-) -> Path:
+) -> Location:
     """Search `base.model`'s space on `run` (or resume experiment `name`), then export
     the best epoch of the best trial as model `name`; returns its model directory.
 
@@ -57,22 +58,24 @@ def tune_model(
     base = trial_base(base, settings)
     check_tune_settings(base, settings)
     start_points = settings.start_points or [models.DEFAULT_POINTS[base.model]]
-    check_start_points(run, base, start_points)
-    experiment = (run.root / "ray" / name).resolve()  # Tune reads a relative path as a URI
+    check_start_points(run, base, models.SEARCH_SPACES[base.model], start_points)
+    experiment = run.ray_storage / name
     check_same_experiment(experiment, base, settings)
     # Trials at once share the nodes, or they would queue.
     base = train.place_workers(base, groups=settings.concurrency)
+    data = train.load_training_data(run, base)
+    space = space_for_data(base.model, data.train_rows * base.workers)
+    for point in start_points:
+        check_in_space(space, point)
 
-    trainable = make_trainable(
-        train.load_training_data(run, base.workers), base, settings, experiment
-    )
-    if tune.Tuner.can_restore(str(experiment)):
+    trainable = make_trainable(data, space, base, settings, experiment)
+    if tune.Tuner.can_restore(experiment.uri):
         print(f"resuming tuning experiment {experiment}")
         tuner = tune.Tuner.restore(
-            str(experiment), trainable, resume_unfinished=True, resume_errored=True
+            experiment.uri, trainable, resume_unfinished=True, resume_errored=True
         )
     else:
-        tuner = new_tuner(trainable, experiment, base, settings, start_points, callbacks)
+        tuner = new_tuner(trainable, space, experiment, settings, start_points, callbacks)
     try:
         grid = tuner.fit()
     finally:
@@ -85,7 +88,7 @@ def tune_model(
             f"tuning {name!r} stopped with {finished} of {settings.trials} trials done; "
             f"rerun the same command to continue"
         )
-    return export_best(run, name, base, settings, trial_rows(grid, base.model, settings))
+    return export_best(run, name, base, settings, trial_rows(grid, space, settings))
 
 
 def trial_base(base: TrainConfig, settings: TuneSettings) -> TrainConfig:
@@ -127,22 +130,37 @@ def check_tune_settings(base: TrainConfig, settings: TuneSettings) -> None:
     train.check_settings(base)
 
 
-def check_start_points(run: RunDir, base: TrainConfig, start_points: list[dict]) -> None:
+def check_start_points(
+    run: RunDir, base: TrainConfig, space: dict, start_points: list[dict]
+) -> None:
     """Each point tried first must lie in the space and build for this run's image size."""
-    spec = PreprocessSpec.load(run.preprocess)
     for point in start_points:
-        check_in_space(base.model, point)
-        train.check_model_builds(point_config(base, point), len(run.load_genres()), spec.image_size)
+        check_in_space(space, point)
+        train.check_model_builds(run, point_config(base, point))
 
 
-def check_same_experiment(experiment: Path, base: TrainConfig, settings: TuneSettings) -> None:
+def space_for_data(model: str, max_batch: int) -> dict:
+    """`model`'s search space without batch sizes larger than the training split allows
+    (a trial proposing one could only fail)."""
+    space = dict(models.SEARCH_SPACES[model])
+    batches = tuple(size for size in space["batch_size"].values if size <= max_batch)
+    if not batches:
+        raise PosterRayError(
+            f"the training split is too small for any batch size tuning tries "
+            f"({space['batch_size'].values}): at most {max_batch} posters per step"
+        )
+    space["batch_size"] = Choice(batches)
+    return space
+
+
+def check_same_experiment(experiment: Location, base: TrainConfig, settings: TuneSettings) -> None:
     """Refuse to resume experiment `name` with other settings: Tune would silently keep
     the old ones."""
     wanted = {"train": asdict(base), "tune": asdict(settings)}
     wanted = json.loads(json.dumps(wanted))  # as it reads back from the file
     saved_file = experiment / SETTINGS_FILE
     if saved_file.is_file():
-        saved = json.loads(saved_file.read_text())
+        saved = saved_file.read_json()
         changed = sorted(
             f"{part}.{key}"
             for part in wanted
@@ -155,12 +173,15 @@ def check_same_experiment(experiment: Path, base: TrainConfig, settings: TuneSet
                 f"({', '.join(changed)}); rerun it unchanged to resume, or pick another --name"
             )
         return
-    experiment.mkdir(parents=True, exist_ok=True)
-    saved_file.write_text(json.dumps(wanted, indent=2) + "\n")
+    saved_file.write_json(wanted)
 
 
 def make_trainable(
-    data: train.TrainingData, base: TrainConfig, settings: TuneSettings, experiment: Path
+    data: train.TrainingData,
+    space: dict,
+    base: TrainConfig,
+    settings: TuneSettings,
+    experiment: Location,
 ):
     """`run_trial` with what every trial shares; the trial function itself only waits on
     its Train run, whose workers hold the CPUs (Tune refuses 0)."""
@@ -168,9 +189,10 @@ def make_trainable(
         tune.with_parameters(
             run_trial,
             data=data,
+            space=space,
             base=asdict(base),
             searcher=settings.searcher,
-            storage=str(experiment / TRIAL_TRAIN_RUNS),
+            storage=(experiment / TRIAL_TRAIN_RUNS).uri,
         ),
         {"cpu": 0.01},
     )
@@ -178,13 +200,12 @@ def make_trainable(
 
 def new_tuner(
     trainable,
-    experiment: Path,
-    base: TrainConfig,
+    space: dict,
+    experiment: Location,
     settings: TuneSettings,
     start_points: list[dict],
     callbacks: Sequence[tune.Callback],
 ) -> tune.Tuner:
-    space = models.SEARCH_SPACES[base.model]
     return tune.Tuner(
         trainable,
         param_space={key: search_domain(param, settings.searcher) for key, param in space.items()},
@@ -203,7 +224,7 @@ def new_tuner(
         ),
         run_config=tune.RunConfig(
             name=experiment.name,
-            storage_path=str(experiment.parent.resolve()),
+            storage_path=experiment.parent.uri,
             callbacks=[ReleaseTrainWorkers(), TrialLines(settings), *callbacks],
             failure_config=tune.FailureConfig(max_failures=TrainConfig.max_failures),
             checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
@@ -292,9 +313,8 @@ def encode_value(param: Range | Choice, value, searcher: str):
     return math.log(value) if param.log else float(value)
 
 
-def check_in_space(model: str, point: dict) -> None:
+def check_in_space(space: dict, point: dict) -> None:
     """A start point must be one the searcher could propose, or its result misleads it."""
-    space = models.SEARCH_SPACES[model]
     if point.keys() != space.keys():
         raise PosterRayError(f"start point {point} must set exactly: {', '.join(space)}")
     for key, param in space.items():
@@ -307,8 +327,7 @@ def check_in_space(model: str, point: dict) -> None:
             raise PosterRayError(f"start point {key}={point[key]} is outside the space: {param}")
 
 
-def decode_point(model: str, point: dict, searcher: str) -> dict:
-    space = models.SEARCH_SPACES[model]
+def decode_point(space: dict, point: dict, searcher: str) -> dict:
     return {key: decode_value(space[key], point[key], searcher) for key in space}
 
 
@@ -318,23 +337,30 @@ def encode_point(space: dict, point: dict, searcher: str) -> dict:
 
 def point_config(base: TrainConfig, point: dict) -> TrainConfig:
     """The TrainConfig of one point of the model's search space."""
-    learning_rate, batch_size, hparams = models.split_point(base.model, point)
-    return replace(base, learning_rate=learning_rate, batch_size=batch_size, hparams=hparams)
+    return replace(base, **models.point_settings(base.model, point))
 
 
 # ------------------------------------------------------------------- the trials
 
 
-def run_trial(point: dict, *, data: train.TrainingData, base: dict, searcher: str, storage: str):
+def run_trial(
+    point: dict,
+    *,
+    data: train.TrainingData,
+    space: dict,
+    base: dict,
+    searcher: str,
+    storage: str,
+):
     """One trial: a Ray Train run of the decoded point, reporting each epoch to Tune.
 
     Named after the trial, so a resumed experiment resumes the run from its checkpoint.
     """
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    config = point_config(TrainConfig(**base), decode_point(base["model"], point, searcher))
+    config = point_config(TrainConfig(**base), decode_point(space, point, searcher))
     trial_id = tune.get_context().get_trial_id()
-    train.make_trainer(data, config, trial_id, Path(storage), [TuneReportCallback()]).fit()
+    train.make_trainer(data, config, trial_id, Location(storage), [TuneReportCallback()]).fit()
 
 
 class ReleaseTrainWorkers(tune.Callback):
@@ -402,7 +428,7 @@ def release_placement_group(group_id: str | None) -> None:
 # ------------------------------------------------------------------- the results
 
 
-def trial_rows(grid: tune.ResultGrid, model: str, settings: TuneSettings) -> list[dict]:
+def trial_rows(grid: tune.ResultGrid, space: dict, settings: TuneSettings) -> list[dict]:
     """One row per trial, in the order the searcher proposed them: its status, its best
     epoch's objective, and its hyperparameters as the model saw them."""
     objective = settings.objective
@@ -423,7 +449,7 @@ def trial_rows(grid: tune.ResultGrid, model: str, settings: TuneSettings) -> lis
                 "epochs": last_epoch,
                 "best": float(best[objective]) if best else None,
                 "best_epoch": int(best["epoch"]) if best else None,
-                **decode_point(model, result.config, settings.searcher),
+                **decode_point(space, result.config, settings.searcher),
                 "checkpoint": best["checkpoint_path"] if best else None,
                 "last_checkpoint": scored[-1]["checkpoint_path"] if scored else None,
             }
@@ -443,7 +469,7 @@ def export_best(
     base: TrainConfig,
     settings: TuneSettings,
     rows: list[dict],
-) -> Path:
+) -> Location:
     """Export the best epoch of the best trial as model `name` (as `train` exports a run),
     with the trials table (CSV, Markdown), the objective plot and a summary beside it."""
     from ray.train import Checkpoint
@@ -451,7 +477,7 @@ def export_best(
     scored = [row for row in rows if row["best"] is not None]
     if not scored:
         raise PosterRayError(
-            f"no trial of {name!r} reported a result; see {run.root / 'ray' / name}"
+            f"no trial of {name!r} reported a result; see {run.ray_storage / name}"
         )
     best = pick_best(settings.objective)(scored, key=lambda row: row["best"])
     config = point_config(base, {key: best[key] for key in models.SEARCH_SPACES[base.model]})
@@ -459,11 +485,11 @@ def export_best(
         run,
         name,
         config,
-        Checkpoint(best["checkpoint"]),
-        Checkpoint(best["last_checkpoint"]),
+        Checkpoint(best["checkpoint"], filesystem=run.root.fs),
+        Checkpoint(best["last_checkpoint"], filesystem=run.root.fs),
     )
     table = [{key: value for key, value in row.items() if "checkpoint" not in key} for row in rows]
-    pd.DataFrame(table).to_csv(out / "trials.csv", index=False)
+    (out / "trials.csv").write_text(pd.DataFrame(table).to_csv(index=False))
     (out / "trials.md").write_text(metrics.markdown_table(table))
     metrics.plot_trials(
         table, settings.objective, MONITORS[settings.objective] == "max", out / "trials.png"
@@ -479,13 +505,14 @@ def export_best(
         "errors": sum(row["status"] == "error" for row in rows),
         "settings": asdict(settings),
     }
-    (out / "tuning.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "tuning.json").write_json(summary)
     return out
 
 
-def format_summary(model_dir: Path) -> str:
+def format_summary(model_dir: str | os.PathLike | Location) -> str:
     """The tuning verdict in a few lines: best trial against the first (default) one."""
-    summary = json.loads((model_dir / "tuning.json").read_text())
+    model_dir = Location.of(model_dir)
+    summary = (model_dir / "tuning.json").read_json()
     return (
         f"{summary['trials']} of {summary['settings']['trials']} trials "
         f"({summary['stopped_early']} stopped early by ASHA or "

@@ -69,7 +69,7 @@ def tuned(run: RunDir, tmp_path_factory) -> dict:
     base = TrainConfig(workers=1)
     with pytest.raises(PosterRayError, match="rerun the same command to continue"):
         tune.tune_model(run, "tiny", base, SETTINGS, callbacks=[InterruptAfter(2, marker)])
-    finished = sorted((run.root / "ray" / "tiny").glob("run_trial_*_[12]_*/result.json"))
+    finished = sorted((run.root.local_path / "ray" / "tiny").glob("run_trial_*_[12]_*/result.json"))
     before = [path.read_text() for path in finished]
     # Ctrl-C ends the command and, with it, its local Ray: so here.
     ray.shutdown()
@@ -80,7 +80,7 @@ def tuned(run: RunDir, tmp_path_factory) -> dict:
     home = Path.cwd()
     os.chdir(run.root.parent)  # and from a relative path, as users type it
     try:
-        out = run.root.parent / tune.tune_model(RunDir(Path(run.root.name)), "tiny", base, SETTINGS)
+        out = tune.tune_model(RunDir(Path(run.root.name)), "tiny", base, SETTINGS).local_path
     finally:
         os.chdir(home)
     return {
@@ -144,12 +144,12 @@ def test_resuming_with_other_settings_is_refused(run, tuned):
         tune.tune_model(run, "tiny", TrainConfig(workers=1), changed)
 
 
-@pytest.mark.parametrize("model", models.SEARCH_SPACES)
+@pytest.mark.parametrize("model", ["custom_cnn", "efficientnet_lite0"])  # the two spaces
 @pytest.mark.parametrize("searcher", ["tpe", "gp"])
 def test_searchers_propose_distinct_valid_points_that_decode_back(model, searcher):
     space = models.SEARCH_SPACES[model]
     default = models.DEFAULT_POINTS[model]
-    assert tune.decode_point(model, tune.encode_point(space, default, searcher), searcher) == (
+    assert tune.decode_point(space, tune.encode_point(space, default, searcher), searcher) == (
         pytest.approx(default)
     )
     settings = TuneSettings(trials=6, searcher=searcher, start_points=[default])
@@ -160,7 +160,7 @@ def test_searchers_propose_distinct_valid_points_that_decode_back(model, searche
     for index in range(3):
         proposal = searcher_.suggest(f"trial_{index}")
         searcher_.on_trial_complete(f"trial_{index}", {"val_pr_auc": 0.1 * index})
-        points.append(tune.decode_point(model, proposal, searcher))
+        points.append(tune.decode_point(space, proposal, searcher))
     assert points[0] == pytest.approx(default)
     assert points[1] != points[2]
     for point in points:
@@ -172,12 +172,23 @@ def test_searchers_propose_distinct_valid_points_that_decode_back(model, searche
                 assert isinstance(point[key], int) == param.integer
 
 
-def test_default_points_build_the_untuned_models():
-    learning_rate, batch_size, hparams = models.split_point(
-        "custom_cnn", models.DEFAULT_POINTS["custom_cnn"]
+def test_default_points_are_the_untuned_models():
+    cnn = models.point_settings("custom_cnn", models.DEFAULT_POINTS["custom_cnn"])
+    assert (cnn["learning_rate"], cnn["batch_size"]) == (
+        TrainConfig.learning_rate,
+        TrainConfig.batch_size,
     )
-    assert (learning_rate, batch_size) == (TrainConfig.learning_rate, TrainConfig.batch_size)
-    assert models.build_model("custom_cnn", 24, 250, **hparams).count_params() == 1_168_952
+    assert models.build_model("custom_cnn", 24, 250, **cnn["hparams"]).count_params() == 1_168_952
+    head = models.point_settings("efficientnet_lite0", models.DEFAULT_POINTS["efficientnet_lite0"])
+    defaults = TrainConfig()
+    assert (head["learning_rate"], head["batch_size"], head["loss"]) == (
+        defaults.learning_rate,
+        defaults.batch_size,
+        defaults.loss,
+    )
+    untuned = models.build_model("efficientnet_lite0", 24, 64, weights="none")
+    tuned = models.build_model("efficientnet_lite0", 24, 64, weights="none", **head["hparams"])
+    assert untuned.count_params() == tuned.count_params()
 
 
 def test_a_start_point_outside_the_space_is_refused(run):

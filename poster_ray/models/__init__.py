@@ -11,30 +11,45 @@ from pathlib import Path
 
 from poster_ray.config import MODEL_NAMES
 from poster_ray.errors import PosterRayError
+from poster_ray.models.backbones import BACKBONES
 from poster_ray.models.cnn import build_custom_cnn
 from poster_ray.models.heads import genre_head
-from poster_ray.models.spaces import DEFAULT_POINTS, SEARCH_SPACES, Choice, Range, split_point
-from poster_ray.models.vgg16 import build_vgg16
+from poster_ray.models.losses import LOSSES, make_loss
+from poster_ray.models.spaces import DEFAULT_POINTS, SEARCH_SPACES, Choice, Range, point_settings
+from poster_ray.models.transfer import build_head, build_transfer
 from poster_ray.resources import set_keras_precision
 from poster_ray.tf_import import keras
 
 __all__ = [
     "DEFAULT_POINTS",
+    "LOSSES",
     "SEARCH_SPACES",
     "Choice",
     "Range",
     "build_custom_cnn",
+    "build_head_model",
     "build_model",
-    "build_vgg16",
     "compile_model",
     "genre_head",
+    "is_transfer",
     "load_model",
-    "split_point",
+    "make_loss",
+    "native_size",
+    "point_settings",
     "with_precision",
 ]
 
-_BUILDERS = {"custom_cnn": build_custom_cnn, "vgg16": build_vgg16}
-assert tuple(_BUILDERS) == MODEL_NAMES == tuple(SEARCH_SPACES)
+assert ("custom_cnn", *BACKBONES) == MODEL_NAMES and set(MODEL_NAMES) == set(SEARCH_SPACES)
+
+
+def is_transfer(name: str) -> bool:
+    """Whether model `name` is a pretrained backbone under a genre head."""
+    return name in BACKBONES
+
+
+def native_size(name: str) -> int:
+    """The input size a transfer model's backbone was pretrained at."""
+    return BACKBONES[name].native_size
 
 
 def build_model(
@@ -42,14 +57,30 @@ def build_model(
 ) -> keras.Model:
     """Build the model called ``name`` with its hyperparameters, in ``precision``
     ("float32", "bfloat16" or "float16": see ``resources.resolve_precision``)."""
-    if name not in _BUILDERS:
+    if name not in MODEL_NAMES:
         raise PosterRayError(f"Unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
     set_keras_precision(precision)
-    return _BUILDERS[name](num_genres, image_size=image_size, **hparams)
+    if is_transfer(name):
+        return build_transfer(num_genres, name, image_size, **hparams)
+    return build_custom_cnn(num_genres, image_size=image_size, **hparams)
 
 
-def compile_model(model: keras.Model, learning_rate: float = 1e-3) -> None:
-    """Adam on binary cross-entropy: one independent yes/no decision per genre.
+def build_head_model(
+    num_genres: int, features: int, precision: str = "float32", **hparams
+) -> keras.Model:
+    """A transfer model's head alone, for training on cached features."""
+    set_keras_precision(precision)
+    return build_head(features, num_genres, **hparams)
+
+
+def compile_model(
+    model: keras.Model,
+    learning_rate: float = 1e-3,
+    loss: str = "bce",
+    loss_weights: list[float] | None = None,
+) -> None:
+    """Adam on a multi-label loss: one independent yes/no decision per genre
+    (binary cross-entropy by default; see models.losses for the others).
 
     Under mixed_float16, ``Model.compile`` wraps the optimizer in a LossScaleOptimizer
     itself; bfloat16 has float32's range and needs no loss scaling. The metrics keep
@@ -60,7 +91,7 @@ def compile_model(model: keras.Model, learning_rate: float = 1e-3) -> None:
     """
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.BinaryCrossentropy(),
+        loss=make_loss(loss, loss_weights),
         metrics=[
             keras.metrics.Precision(name="precision", dtype="float32"),
             keras.metrics.Recall(name="recall", dtype="float32"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from poster_ray.models.losses import LOSSES
+
 
 @dataclass(frozen=True)
 class Range:
@@ -26,53 +28,54 @@ class Choice:
 # TrainConfig's defaults, which tuning tries first). The CNN's `filters` is its first
 # block's width and `dense_units` its first dense layer's: later blocks double the
 # filters and the second dense layer halves the units, as in the seed (16-32-64-64, 128-64).
-SEARCH_SPACES = {
-    "custom_cnn": {
-        "learning_rate": Range(1e-4, 3e-3, log=True),
-        "batch_size": Choice((16, 32, 64)),
-        "filters": Range(8, 32, log=True, integer=True),
-        "kernel_size": Choice((3, 5)),
-        "conv_dropout": Range(0.0, 0.4),
-        "dense_units": Range(32, 256, log=True, integer=True),
-        "dense_dropout": Range(0.0, 0.5),
-    },
-    "vgg16": {
-        "learning_rate": Range(1e-5, 1e-3, log=True),
-        "batch_size": Choice((16, 32)),
-        "dense_units": Range(64, 512, log=True, integer=True),
-        "dropout": Range(0.0, 0.6),
-        "trainable_blocks": Choice((0, 1, 2)),
-    },
+CNN_SPACE = {
+    "learning_rate": Range(1e-4, 3e-3, log=True),
+    "batch_size": Choice((16, 32, 64)),
+    "filters": Range(8, 32, log=True, integer=True),
+    "kernel_size": Choice((3, 5)),
+    "conv_dropout": Range(0.0, 0.4),
+    "dense_units": Range(32, 256, log=True, integer=True),
+    "dense_dropout": Range(0.0, 0.5),
 }
-DEFAULT_POINTS = {
-    "custom_cnn": {
-        "learning_rate": 1e-3,
-        "batch_size": 32,
-        "filters": 16,
-        "kernel_size": 5,
-        "conv_dropout": 0.25,
-        "dense_units": 128,
-        "dense_dropout": 0.1,
-    },
-    "vgg16": {
-        "learning_rate": 1e-3,
-        "batch_size": 32,
-        "dense_units": 256,
-        "dropout": 0.5,
-        "trainable_blocks": 0,
-    },
+CNN_DEFAULT = {
+    "learning_rate": 1e-3,
+    "batch_size": 32,
+    "filters": 16,
+    "kernel_size": 5,
+    "conv_dropout": 0.25,
+    "dense_units": 128,
+    "dense_dropout": 0.1,
 }
+# A transfer model's head on its frozen backbone's cached features: cheap trials.
+HEAD_SPACE = {
+    "learning_rate": Range(1e-4, 3e-3, log=True),
+    "batch_size": Choice((32, 64, 128)),
+    "units": Choice((0, 256, 512, 1024)),
+    "dropout": Range(0.0, 0.6),
+    "loss": Choice(LOSSES),
+}
+HEAD_DEFAULT = {
+    "learning_rate": 1e-3,
+    "batch_size": 32,
+    "units": 512,
+    "dropout": 0.5,
+    "loss": "bce",
+}
+TRANSFER_MODELS = ("efficientnet_lite0", "efficientnet_lite2", "vgg16", "resnet50")
+SEARCH_SPACES = {"custom_cnn": CNN_SPACE, **dict.fromkeys(TRANSFER_MODELS, HEAD_SPACE)}
+DEFAULT_POINTS = {"custom_cnn": CNN_DEFAULT, **dict.fromkeys(TRANSFER_MODELS, HEAD_DEFAULT)}
 assert all(DEFAULT_POINTS[name].keys() == SEARCH_SPACES[name].keys() for name in SEARCH_SPACES)
+# The searched keys that are training settings (TrainConfig fields), not architecture.
+TRAINING_KEYS = ("learning_rate", "batch_size", "loss")
 
 
-def split_point(name: str, point: dict) -> tuple[float, int, dict]:
-    """(learning rate, batch size, builder hyperparameters) of a point of a search space."""
-    hparams = {
-        key: value for key, value in point.items() if key not in ("learning_rate", "batch_size")
-    }
+def point_settings(name: str, point: dict) -> dict:
+    """The TrainConfig fields a point of model `name`'s search space sets."""
+    settings = {key: point[key] for key in TRAINING_KEYS if key in point}
+    hparams = {key: value for key, value in point.items() if key not in TRAINING_KEYS}
     if name == "custom_cnn":
         width, units = hparams["filters"], hparams["dense_units"]
         hparams.update(
             filters=[width, 2 * width, 4 * width, 4 * width], dense_units=[units, units // 2]
         )
-    return point["learning_rate"], point["batch_size"], hparams
+    return {**settings, "hparams": hparams}

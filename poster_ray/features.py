@@ -1,0 +1,110 @@
+"""Feature caching: a frozen backbone's features of every poster, computed once.
+
+A frozen backbone gives every poster the same features in every epoch, so computing
+them once (Ray Data: decoded posters in, a pool of backbone actors, batched) turns
+training the head into seconds per epoch, and lets every tuning trial share them. The
+bundle still joins backbone and head into one model that takes uint8 posters, so
+inference is unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+
+from poster_ray import resources
+from poster_ray.config import RunDir
+from poster_ray.data import (
+    all_cpus_to_one_operator,
+    ensure_decoded,
+    read_cached_arrays,
+    read_table,
+    unpack_arrays,
+)
+from poster_ray.storage import Location
+
+FEATURES_MARKER = "_features.json"  # written last: the cache is complete
+FEATURES_DTYPE = "float32"
+
+
+@dataclass(frozen=True)
+class FeatureCache:
+    """Where a backbone's features are, and their length."""
+
+    location: Location
+    dims: int
+
+    def split(self, split: str, shard: tuple[int, int] | None = None) -> ray.data.Dataset:
+        """One split's `features` and `labels` (one shard of it, chosen by id)."""
+        return read_cached_arrays(
+            self.location / f"split={split}", "features", FEATURES_DTYPE, (self.dims,), shard
+        )
+
+    def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(features, labels) of one split as numpy arrays, for single-process use."""
+        frame = read_table(self.location / f"split={split}", ["features", "labels"])
+        features = unpack_arrays(frame["features"].to_numpy(), FEATURES_DTYPE, (self.dims,))
+        return features, np.stack(frame["labels"].to_numpy())
+
+
+class FeatureExtractor:
+    """A Ray actor holding the backbone: decoded posters in, pooled features out."""
+
+    def __init__(self, backbone: str, image_size: int, weights: str, threads: int) -> None:
+        from poster_ray.models.transfer import build_backbone
+
+        resources.configure_tensorflow_threads(threads)
+        self.model = build_backbone(backbone, image_size, weights)
+        self.shape = self.model.input_shape[1:]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images = unpack_arrays(batch.pop("image"), "uint8", self.shape)
+        features = self.model.predict_on_batch(images).astype(FEATURES_DTYPE)
+        batch["features"] = np.array([row.tobytes() for row in features], dtype=object)
+        return batch
+
+
+def ensure_features(
+    run: RunDir, backbone: str, image_size: int, weights: str = "imagenet"
+) -> FeatureCache:
+    """The run's features from `backbone` at `image_size`, computing them if missing.
+
+    Features are float32, whatever the hardware: the cache is shared by every trial and
+    must not depend on which node computed it.
+    """
+    location = run.features(backbone, image_size)
+    marker = location / FEATURES_MARKER
+    wanted = {"backbone": backbone, "image_size": image_size, "weights": weights}
+    if marker.is_file() and {key: marker.read_json()[key] for key in wanted} == wanted:
+        return FeatureCache(location, marker.read_json()["dims"])
+    ensure_decoded(run, image_size)
+    plan = resources.plan_workers(
+        resources.alive_nodes(), "feature extraction", leave_for_tasks=1.0
+    )
+    location.remove()
+    print(
+        f"Computing {backbone} features at {image_size}x{image_size} "
+        f"({plan.workers} actor(s) x {plan.cpus_per_worker:g} CPUs) ...",
+        flush=True,
+    )
+    decoded = ray.data.read_parquet(
+        run.cache(image_size).uri, columns=["id", "image", "labels", "error", "split"]
+    )
+    with all_cpus_to_one_operator():
+        decoded.map_batches(
+            FeatureExtractor,
+            fn_constructor_kwargs={
+                "backbone": backbone,
+                "image_size": image_size,
+                "weights": weights,
+                "threads": plan.threads,
+            },
+            compute=ray.data.ActorPoolStrategy(size=plan.workers),
+            num_cpus=plan.cpus_per_worker,
+            batch_size=32,
+        ).write_parquet(location.uri, partition_cols=["split"], compression="none")
+    dims = len(read_table(location, ["features"])["features"].iloc[0]) // 4
+    marker.write_json({**wanted, "dims": dims})
+    return FeatureCache(location, dims)

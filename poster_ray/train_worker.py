@@ -1,0 +1,248 @@
+"""Each Ray Train worker: build or restore the model, fit it, report every epoch.
+
+Runs under MultiWorkerMirroredStrategy: every worker trains on its own shard of the
+training split, validates on the whole validation split, and takes part in every
+checkpoint. Inputs are decoded posters, or a frozen backbone's cached features when
+only a transfer model's head trains.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+import ray.train
+
+from poster_ray import models, resources
+from poster_ray.tf_import import keras
+
+MODEL_FILE = "model.keras"
+HISTORY_FILE = "history.json"
+PLACEMENT_GROUP_KEY = "placement_group"
+
+
+def build_configured_model(config: dict, precision: str = "float32") -> keras.Model:
+    """The model a training config describes: a transfer model's head alone when the
+    inputs are cached features, else the whole model."""
+    if config["inputs"] == "features":
+        return models.build_head_model(
+            config["num_genres"], config["input_shape"][0], precision, **config["hparams"]
+        )
+    hparams = dict(config["hparams"])
+    if models.is_transfer(config["model"]):
+        hparams.update(
+            weights=config["weights"],
+            trainable_blocks=config["fine_tune_blocks"],
+            augment=bool(config["fine_tune_blocks"]),
+        )
+    return models.build_model(
+        config["model"], config["num_genres"], config["input_shape"][0], precision, **hparams
+    )
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train worker: build or restore the model, fit, report every epoch."""
+    from poster_ray.tf_import import tf
+
+    # Ray Train logs every report at INFO through a logger named after its source file,
+    # out of reach of its LoggingConfig; Ray Data notes that its progress bars are off.
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    resources.configure_tensorflow_threads(config["cpus_per_worker"])
+    precision = resources.resolve_precision(config["precision"], config["gpu"])
+    # Keras 3 fails under MultiWorkerMirroredStrategy with 2+ workers (keras#20585); Ray
+    # sets TF_USE_LEGACY_KERAS=1 on workers and poster_ray builds with tf-keras, which works.
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    with strategy.scope():
+        model, history = restore_or_build(config, precision)
+    early_stopping = ResumableEarlyStopping(
+        history, config["monitor"], config["monitor_mode"], config["early_stopping"]
+    )
+    if early_stopping.stopped_before():
+        return  # a rerun of a run that early stopping ended: nothing left to train
+
+    def worker_dataset(name: str, split: str, shuffle_buffer: int | None):
+        batch = config["steps"][split]["batch"]
+        return lambda _: dataset_shard(name, config["inputs"], batch, shuffle_buffer)
+
+    rank = ray.train.get_context().get_world_rank()
+    train_data = strategy.distribute_datasets_from_function(
+        worker_dataset(f"train_{rank}", "train", config["shuffle_buffer"])
+    )
+    val_data = strategy.distribute_datasets_from_function(worker_dataset("val", "val", None))
+    # Order matters: every callback after DerivedMetrics sees its metrics in `logs`.
+    callbacks = [
+        DerivedMetrics(),
+        EpochReport(history, config["batch_size"], config["epochs"], rank, precision),
+    ]
+    if config["early_stopping"]:
+        callbacks.append(early_stopping)
+    model.fit(
+        train_data,
+        validation_data=val_data,
+        steps_per_epoch=config["steps"]["train"]["steps"],
+        validation_steps=config["steps"]["val"]["steps"],
+        epochs=config["epochs"],
+        initial_epoch=len(history),
+        callbacks=callbacks,
+        verbose=0,
+    )
+
+
+def restore_or_build(config: dict, precision: str):
+    """The last checkpoint's model (weights and optimizer) and history, or a new model."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        # The model compiles as it loads, under the global policy: float16 needs it set
+        # to get its loss-scaling optimizer (and its scale) back, not a bare Adam.
+        resources.set_keras_precision(precision)
+        with checkpoint.as_directory() as directory:
+            model = keras.models.load_model(Path(directory) / MODEL_FILE)
+            history = json.loads((Path(directory) / HISTORY_FILE).read_text())
+        return model, history
+    model = build_configured_model(config, precision)
+    if config.get("head_weights") is not None:  # fine-tuning starts from the trained head
+        model.get_layer("head").set_weights(config["head_weights"])
+    models.compile_model(model, config["learning_rate"], config["loss"], config["loss_weights"])
+    return model, []
+
+
+def dataset_shard(name: str, column: str, batch_size: int, shuffle_buffer: int | None):
+    """This worker's shard of a split as an endless tf.data.Dataset of (inputs, labels).
+
+    Keras needs fixed step counts for distributed datasets and then keeps one iterator
+    across epochs, so the shard repeats (each pass is a new Ray Data epoch). drop_last
+    keeps batch shapes fixed on every worker.
+    """
+    from ray.train.tensorflow import prepare_dataset_shard
+
+    shard = ray.train.get_dataset_shard(name)
+    return prepare_dataset_shard(
+        shard.to_tf(
+            column,
+            "labels",
+            batch_size=batch_size,
+            drop_last=True,
+            local_shuffle_buffer_size=shuffle_buffer,
+        )
+    ).repeat()
+
+
+class DerivedMetrics(keras.callbacks.Callback):
+    """Add micro-F1 at 0.5 (from Keras' micro precision and recall) to each epoch's logs,
+    so that early stopping, checkpoint scoring and tuning can all monitor it."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        for prefix in ("", "val_"):
+            logs[f"{prefix}micro_f1"] = micro_f1(
+                float(logs[f"{prefix}precision"]), float(logs[f"{prefix}recall"])
+            )
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """Early stopping whose patience counts the epochs before a resume too.
+
+    Keras' own starts counting afresh at every `fit`, so a run resumed after a crash
+    would train `patience` epochs more than it should.
+    """
+
+    def __init__(self, history: list[dict], monitor: str, mode: str, patience: int) -> None:
+        super().__init__(monitor=monitor, mode=mode, patience=patience)
+        self.history = history
+        self.lower_is_better = mode == "min"
+
+    def replayed(self) -> tuple[float | None, int]:
+        """(best value, epochs since it) over the restored history."""
+        best, wait = None, 0
+        for epoch in self.history:
+            value = epoch[self.monitor]
+            improved = best is None or (value < best if self.lower_is_better else value > best)
+            best, wait = (value, 0) if improved else (best, wait + 1)
+        return best, wait
+
+    def stopped_before(self) -> bool:
+        return bool(self.patience) and self.replayed()[1] >= self.patience
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        super().on_train_begin(logs)
+        best, self.wait = self.replayed()
+        if best is not None:
+            self.best = best
+
+
+class EpochReport(keras.callbacks.Callback):
+    """Report metrics and a checkpoint (model + full history) to Ray every epoch.
+
+    Every worker must save (the strategy's variables are synchronised collectively);
+    only rank 0's copy becomes the checkpoint, the others write to a scratch directory.
+    """
+
+    def __init__(
+        self, history: list[dict], global_batch: int, epochs: int, rank: int, precision: str
+    ) -> None:
+        super().__init__()
+        self.history = history
+        self.global_batch = global_batch
+        self.epochs = epochs
+        self.rank = rank
+        self.precision = precision
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.started = time.perf_counter()
+        self.train_seconds = None
+        self.steps = 0
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.steps += 1
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        if self.train_seconds is None:  # the first evaluation of the epoch: validation
+            self.train_seconds = time.perf_counter() - self.started
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        train_seconds = self.train_seconds or time.perf_counter() - self.started
+        metrics = {key: float(value) for key, value in (logs or {}).items()}
+        metrics.update(
+            epoch=epoch + 1,
+            seconds=round(time.perf_counter() - self.started, 2),
+            train_images_per_s=round(self.steps * self.global_batch / train_seconds, 2),
+            compute_precision=self.precision,
+            # Where the run was placed: workers in all, and beside rank 0 on its node.
+            workers=ray.train.get_context().get_world_size(),
+            workers_on_node=ray.train.get_context().get_local_world_size(),
+        )
+        self.history.append(metrics)
+        if self.rank == 0:
+            print(
+                f"epoch {metrics['epoch']}/{self.epochs}: loss {metrics['loss']:.4f}, "
+                f"val_loss {metrics['val_loss']:.4f}, val_pr_auc {metrics['val_pr_auc']:.3f}, "
+                f"{metrics['train_images_per_s']:.1f} img/s ({self.precision})",
+                flush=True,
+            )
+        with tempfile.TemporaryDirectory() as directory:
+            # Explicitly Keras v3 (zip): tf-keras decides per thread, and in a Ray Train
+            # worker thread every save after the first silently wrote HDF5 instead.
+            self.model.save(Path(directory) / MODEL_FILE, save_format="keras_v3")
+            (Path(directory) / HISTORY_FILE).write_text(json.dumps(self.history))
+            checkpoint = ray.train.Checkpoint.from_directory(directory) if self.rank == 0 else None
+            ray.train.report({**metrics, **placement_group_of_this_worker()}, checkpoint=checkpoint)
+
+
+def micro_f1(precision: float, recall: float) -> float:
+    """F1 of Keras' micro precision and recall (at 0.5); 0 when nothing is predicted."""
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
+def placement_group_of_this_worker() -> dict[str, str]:
+    """The id of the placement group holding this run's workers, for whoever must free it.
+
+    A tuning trial stopped early dies before its Train controller can remove the group,
+    whose lifetime is the whole Ray job's (ray#54305): `tune.release_trial_workers`
+    removes it by this id.
+    """
+    group = ray.util.get_current_placement_group()
+    return {PLACEMENT_GROUP_KEY: group.id.hex()} if group is not None else {}
