@@ -7,71 +7,35 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import tf_keras as keras
-from PIL import Image
-from synthetic import make_poster, png_claiming_size
+from infer_support import (
+    BROKEN,
+    GENRES,
+    image_files,
+    make_archive,
+    make_bundle,
+    mtimes,
+    read_output,
+)
 
-from poster_ray import infer, models
-from poster_ray.bundle import Bundle, write_bundle
 from poster_ray.cli import main
-from poster_ray.config import PreprocessSpec
 from poster_ray.errors import PosterRayError
-
-GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance"]
-SPEC = PreprocessSpec(32)
-THRESHOLDS = [0.5, 0.5, 0.5, 0.5, 0.5]
-# The archive's files that must become error rows, by stem, and their error types.
-BROKEN = {
-    "truncated": "OSError",
-    "empty": "ValueError",
-    "notes": "UnidentifiedImageError",
-    "bomb": "DecompressionBombError",
-    "missing": "FileNotFoundError",  # only in the list file: it names a file that is not there
-}
+from poster_ray.infer import output, pipeline, run_inference
+from poster_ray.infer.inputs import chunk_bounds, resolve_inputs
+from poster_ray.infer.output import OutputFolder, job_record
+from poster_ray.infer.rows import file_id, output_schema, rows_table
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    """A bundle of a tiny untrained CNN over five genres, at 32x32 px."""
-    directory = tmp_path_factory.mktemp("bundle")
-    keras.utils.set_random_seed(0)
-    model = models.build_custom_cnn(
-        len(GENRES), image_size=SPEC.image_size, filters=(4, 4), dense_units=(8,)
-    )
-    model.save(directory / "model.keras")
-    return write_bundle(
-        directory / "bundle", directory / "model.keras", GENRES, SPEC, THRESHOLDS, {}, {}
-    )
+    return make_bundle(tmp_path_factory.mktemp("bundle"))
 
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory) -> Path:
-    """Posters in every mode and format, odd names, a subfolder, and broken files."""
-    root = tmp_path_factory.mktemp("archive")
-    (root / "sub dir").mkdir()
-    for i in range(8):
-        make_poster(root / f"tt{i:07d}.jpg", color=(30 * i, 90, 200 - 20 * i), noise=20, seed=i)
-    for mode in ("L", "CMYK", "P", "RGBA", "I;16"):
-        make_poster(root / f"mode_{mode.replace(';', '')}.png", mode=mode)
-    make_poster(root / "affiche d'été – 東京.jpg")
-    make_poster(root / "sub dir" / "UPPER CASE.JPEG")
-    for extension in ("webp", "bmp", "gif"):
-        Image.new("RGB", (40, 60), (10, 120, 30)).save(root / f"format.{extension}")
-    truncated = root / "truncated.jpg"
-    truncated.write_bytes(make_poster(root / "whole.jpg").read_bytes()[:300])
-    (root / "empty.png").write_bytes(b"")
-    (root / "notes.jpg").write_text("this is not an image\n")
-    (root / "bomb.png").write_bytes(png_claiming_size(20_000, 20_000))
-    (root / "readme.txt").write_text("not a poster: no image extension\n")
-    return root
-
-
-def image_files(root: Path) -> list[str]:
-    return sorted(str(path) for path in root.rglob("*") if path.suffix != ".txt" and path.is_file())
+    return make_archive(tmp_path_factory.mktemp("archive"))
 
 
 @pytest.fixture(scope="module")
@@ -88,39 +52,31 @@ def finished(ray_session, bundle, list_file, tmp_path_factory) -> Path:
     """One complete CLI run over the list file, with every genre's probability."""
     out = tmp_path_factory.mktemp("finished") / "predictions"
     argv = ["infer", str(bundle), "--input", str(list_file), "--output", str(out)]
-    assert main([*argv, "--all-probabilities", "--batch-size", "4"]) == 0
+    assert main([*argv, "--all-probabilities", "--batch-size", "4", "--precision", "float32"]) == 0
     return out
-
-
-def read_output(out: Path) -> pd.DataFrame:
-    return pd.concat([pd.read_parquet(part) for part in sorted(out.glob("part-*.parquet"))])
-
-
-def mtimes(out: Path) -> dict[str, int]:
-    return {part.name: part.stat().st_mtime_ns for part in out.glob("part-*.parquet")}
 
 
 # ---------------------------------------------------------------- inputs, no Ray
 
 
 def test_a_folder_gives_its_images_recursively_in_any_case(archive):
-    paths = infer.resolve_inputs(str(archive))
+    paths = resolve_inputs(str(archive))
     assert paths == image_files(archive)
     assert str(archive / "sub dir" / "UPPER CASE.JPEG") in paths
     assert str(archive / "readme.txt") not in paths
 
 
 def test_a_glob_gives_what_it_matches(archive):
-    assert infer.resolve_inputs(str(archive / "tt*.jpg")) == [
+    assert resolve_inputs(str(archive / "tt*.jpg")) == [
         str(archive / f"tt{i:07d}.jpg") for i in range(8)
     ]
-    assert infer.resolve_inputs(str(archive / "**" / "*.JPEG")) == [
+    assert resolve_inputs(str(archive / "**" / "*.JPEG")) == [
         str(archive / "sub dir" / "UPPER CASE.JPEG")
     ]
 
 
 def test_a_list_file_keeps_missing_paths_and_drops_repeats(archive, list_file):
-    assert infer.resolve_inputs(str(list_file)) == sorted(
+    assert resolve_inputs(str(list_file)) == sorted(
         [*image_files(archive), str(archive / "missing.jpg")]
     )
 
@@ -128,7 +84,7 @@ def test_a_list_file_keeps_missing_paths_and_drops_repeats(archive, list_file):
 def test_relative_paths_resolve_against_the_working_directory(archive, tmp_path, monkeypatch):
     monkeypatch.chdir(archive)
     (tmp_path / "relative.txt").write_text("tt0000001.jpg\nsub dir/UPPER CASE.JPEG\n")
-    assert infer.resolve_inputs(str(tmp_path / "relative.txt")) == [
+    assert resolve_inputs(str(tmp_path / "relative.txt")) == [
         str(archive / "sub dir" / "UPPER CASE.JPEG"),
         str(archive / "tt0000001.jpg"),
     ]
@@ -137,7 +93,7 @@ def test_relative_paths_resolve_against_the_working_directory(archive, tmp_path,
 def test_a_parquet_file_gives_its_path_column(archive, tmp_path):
     paths = image_files(archive)[:3]
     pq.write_table(pa.table({"path": paths, "other": [1, 2, 3]}), tmp_path / "in.parquet")
-    assert infer.resolve_inputs(str(tmp_path / "in.parquet")) == paths
+    assert resolve_inputs(str(tmp_path / "in.parquet")) == paths
 
 
 @pytest.mark.parametrize(
@@ -152,7 +108,7 @@ def test_a_parquet_file_gives_its_path_column(archive, tmp_path):
 )
 def test_unusable_inputs_are_one_clear_error(tmp_path, make_input, message):
     with pytest.raises(PosterRayError, match=message):
-        infer.resolve_inputs(str(make_input(tmp_path)))
+        resolve_inputs(str(make_input(tmp_path)))
 
 
 def write_parquet(path: Path, columns: dict) -> Path:
@@ -166,51 +122,99 @@ def write_bytes(path: Path, data: bytes) -> Path:
 
 
 def test_chunks_are_fixed_slices_of_the_sorted_list():
-    assert infer.chunk_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
-    assert infer.chunk_bounds(8, 4) == [(0, 4), (4, 8)]
+    assert chunk_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert chunk_bounds(8, 4) == [(0, 4), (4, 8)]
 
 
-# ---------------------------------------------------------------- rows and files, no Ray
+# ---------------------------------------------------------------- rows, no Ray
 
 
 def test_rows_of_ok_and_failed_files():
-    bundle = Bundle(
-        None, GENRES, SPEC, np.array([0.0, 1.0, 0.5, 0.5, 0.5]), {"content_hash": "h"}, None
+    probabilities = np.array(
+        [[0.1, 0.9, 0.3, 0.6, 0.2], [0.7, 0.7, 0.1, 0.1, 0.1], [0.0] * 5], dtype=np.float32
     )
-    probabilities = np.array([0.1, 0.9, 0.3, 0.6, 0.2], dtype=np.float32)
-    ok = infer.output_row("/p/a b.jpg", "", probabilities, bundle, all_probabilities=True)
-    failed = infer.output_row("/p/x.png", "ValueError: empty file", None, bundle, True)
-    schema = infer.output_schema(len(GENRES), all_probabilities=True)
-    table = pa.Table.from_pylist([ok, failed], schema=schema)
-
-    assert table.column("id").to_pylist() == ["a b", "x"]
+    table = rows_table(
+        np.array(["/p/a b.jpg", "s3://bucket/p/tie.jpeg", "/p/x.png"], dtype=object),
+        np.array(["", "", "ValueError: empty file"], dtype=object),
+        probabilities,
+        GENRES,
+        np.array([0.0, 1.0, 0.5, 0.5, 0.5]),
+        "h",
+        all_probabilities=True,
+    )
+    assert table.schema.equals(output_schema(len(GENRES), all_probabilities=True))
+    ok, tie, failed = table.to_pylist()
     assert [ok[f"top{k}_genre"] for k in (1, 2, 3)] == ["Comedy", "Horror", "Drama"]
+    assert ok["top1_prob"] == pytest.approx(0.9)
     assert ok["above_threshold"] == ["Horror", "Action"]  # Comedy misses its 1.0 threshold
-    assert (ok["status"], ok["error"], ok["bundle_hash"]) == ("ok", "", "h")
+    assert (ok["status"], ok["error"], ok["bundle_hash"], ok["id"]) == ("ok", "", "h", "a b")
+    assert ok["probabilities"] == pytest.approx(probabilities[0].tolist())
+    assert [tie["top1_genre"], tie["top2_genre"]] == ["Action", "Comedy"]  # ties: genre order
+    assert (tie["path"], tie["id"]) == ("s3://bucket/p/tie.jpeg", "tie")
     assert failed["status"] == "error" and failed["error"] == "ValueError: empty file"
     assert failed["top1_genre"] is None and failed["top1_prob"] is None
     assert failed["above_threshold"] == [] and failed["probabilities"] is None
 
 
-def test_a_failed_write_leaves_no_part_file(tmp_path, monkeypatch):
-    (tmp_path / infer.TMP_DIR).mkdir()
+def test_ids_are_file_names_without_their_extension():
+    assert [
+        file_id(path) for path in ["/a/b.c.jpg", "s3://b/x/y.png", "/a/noext", "/a/.hidden"]
+    ] == [
+        "b.c",
+        "y",
+        "noext",
+        ".hidden",
+    ]
+
+
+# ---------------------------------------------------------------- the output folder, no Ray
+
+
+def test_a_failed_commit_leaves_no_part_file(tmp_path, monkeypatch):
+    folder = OutputFolder(tmp_path)
 
     def write_half_then_crash(table, where):
-        Path(where).write_bytes(b"PAR1 half a file")
+        where.write(b"PAR1 half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(infer.pq, "write_table", write_half_then_crash)
+    monkeypatch.setattr(output.pq, "write_table", write_half_then_crash)
     with pytest.raises(OSError, match="disk full"):
-        infer.commit_part(pa.table({"path": ["a"]}), tmp_path, 0)
-    assert infer.finished_chunks(tmp_path) == set()
+        folder.commit_part(pa.table({"path": ["a"]}), 0)
+    monkeypatch.undo()
+
+    def no_rename(source, target):
+        raise OSError("rename failed")
+
+    monkeypatch.setattr("poster_ray.storage.os.replace", no_rename)
+    with pytest.raises(OSError, match="rename failed"):
+        folder.commit_part(pa.table({"path": ["a"]}), 0)
+    assert folder.finished_chunks() == set()
+    assert os.listdir(tmp_path) == []
+
+
+def test_what_a_killed_commit_left_is_removed_and_never_counted(tmp_path):
+    folder = OutputFolder(tmp_path)
+    job = job_record("in", ["/a.jpg"], "b", "hash-1", 4, False)
+    folder.claim(job)
+    (tmp_path / ".part-000001.parquet.4f2a.tmp").write_bytes(b"PAR1 half")
+    assert folder.finished_chunks() == set()
+    folder.claim(job)  # the rerun
+    assert sorted(os.listdir(tmp_path)) == ["_job.json"]
 
 
 def test_another_bundle_into_the_same_folder_is_refused(tmp_path):
-    job = infer.job_record("in", ["/a.jpg"], Path("b"), "hash-1", 4, False)
-    infer.claim_output_dir(tmp_path, job)
-    infer.claim_output_dir(tmp_path, job)  # the same job again: fine
+    folder = OutputFolder(tmp_path)
+    job = job_record("in", ["/a.jpg"], "b", "hash-1", 4, False)
+    folder.claim(job)
+    folder.claim(job)  # the same job again: fine
     with pytest.raises(PosterRayError, match=r"another job \(the bundle differ"):
-        infer.claim_output_dir(tmp_path, {**job, "bundle_hash": "hash-2"})
+        folder.claim({**job, "bundle_hash": "hash-2"})
+
+
+def test_parts_without_a_job_record_are_refused(tmp_path):
+    (tmp_path / "part-000000.parquet").write_bytes(b"PAR1")
+    with pytest.raises(PosterRayError, match="not a poster-ray infer output"):
+        OutputFolder(tmp_path).claim(job_record("in", ["/a.jpg"], "b", "h", 4, False))
 
 
 # ---------------------------------------------------------------- the job, on Ray
@@ -218,7 +222,7 @@ def test_another_bundle_into_the_same_folder_is_refused(tmp_path):
 
 def test_one_row_per_input_with_the_right_status(finished, archive, list_file):
     rows = read_output(finished)
-    expected = infer.resolve_inputs(str(list_file))
+    expected = resolve_inputs(str(list_file))
     assert rows["path"].tolist() == expected  # sorted, no repeats, nothing lost
     failed = rows[rows["status"] == "error"]
     assert dict(zip(failed["id"], failed["error"].str.split(":").str[0], strict=True)) == BROKEN
@@ -230,7 +234,7 @@ def test_one_row_per_input_with_the_right_status(finished, archive, list_file):
 
 def test_the_schema_and_the_probabilities(finished, bundle):
     table = pq.read_table(finished / "part-000000.parquet")
-    assert table.schema.equals(infer.output_schema(len(GENRES), all_probabilities=True))
+    assert table.schema.equals(output_schema(len(GENRES), all_probabilities=True))
     rows = table.to_pandas()
     ok = rows[rows["status"] == "ok"]
     first = np.stack(ok["probabilities"].to_numpy())
@@ -244,11 +248,14 @@ def test_the_schema_and_the_probabilities(finished, bundle):
 
 def test_the_summary_is_printed_and_saved(finished, list_file):
     summary = json.loads((finished / "_summary.json").read_text())
-    files = len(infer.resolve_inputs(str(list_file)))
+    files = len(resolve_inputs(str(list_file)))
     assert summary["files"] == files and summary["errors"] == len(BROKEN)
     assert summary["ok"] == files - len(BROKEN)
-    assert summary["images_per_s"] >= 0 and summary["wall_s"] > 0
-    assert list((finished / infer.TMP_DIR).iterdir()) == []
+    assert summary["images_per_s"] > 0 and summary["wall_s"] > 0
+    assert summary["precision"] == {"requested": "float32", "rows": {"float32": files}}
+    assert summary["progress"]["files_done"] == summary["progress"]["files_total"] == files
+    assert summary["progress"]["errors"] == len(BROKEN) and summary["progress"]["eta_s"] == 0
+    assert sorted(path.name for path in finished.iterdir() if path.name.startswith(".")) == []
 
 
 def test_rerunning_a_finished_job_does_nothing(finished, bundle, list_file, capsys):
@@ -268,22 +275,22 @@ def test_other_inputs_into_the_same_folder_are_refused(finished, bundle, archive
 def test_a_job_stopped_midway_resumes_with_only_the_missing_chunks(
     ray_session, bundle, archive, tmp_path, monkeypatch
 ):
-    commit = infer.commit_part
+    commit = OutputFolder.commit_part
 
-    def commit_once_then_crash(table, directory, chunk):
-        if infer.finished_chunks(directory):
+    def commit_once_then_crash(self, table, chunk):
+        if self.finished_chunks():
             raise KeyboardInterrupt  # as if Ctrl-C hit after the first commit
-        commit(table, directory, chunk)
+        commit(self, table, chunk)
 
     out = tmp_path / "out"
-    monkeypatch.setattr(infer, "commit_part", commit_once_then_crash)
+    monkeypatch.setattr(OutputFolder, "commit_part", commit_once_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        infer.run_inference(bundle, str(archive), out, chunk_size=4, batch_size=4)
+        run_inference(bundle, str(archive), out, chunk_size=4, batch_size=4)
     first = mtimes(out)
     assert len(first) == 1
 
-    monkeypatch.setattr(infer, "commit_part", commit)
-    summary = infer.run_inference(bundle, str(archive), out, chunk_size=4, batch_size=4)
+    monkeypatch.setattr(OutputFolder, "commit_part", commit)
+    summary = run_inference(bundle, str(archive), out, chunk_size=4, batch_size=4)
     files = len(image_files(archive))
     assert (summary["skipped"], summary["processed"]) == (4, files - 4)
     assert {name: mtimes(out)[name] for name in first} == first  # not written again
@@ -298,7 +305,7 @@ def test_a_crashed_model_actor_is_replaced_and_loses_no_rows(
     marker = tmp_path / "crashed"
 
     # Defined here, so Ray ships the class itself to the actor (not an import by name).
-    class CrashOnce(infer.Predictor):
+    class CrashOnce(pipeline.ModelActor):
         """Dies in the middle of its first batch, once."""
 
         def __call__(self, batch):
@@ -307,11 +314,11 @@ def test_a_crashed_model_actor_is_replaced_and_loses_no_rows(
                 os._exit(1)
             return super().__call__(batch)
 
-    monkeypatch.setattr(infer, "Predictor", CrashOnce)
+    monkeypatch.setattr(pipeline, "ModelActor", CrashOnce)
     source = str(archive / "**" / "*.*")
-    infer.run_inference(bundle, source, tmp_path / "out", batch_size=4)
+    run_inference(bundle, source, tmp_path / "out", batch_size=4)
     assert marker.exists()  # the actor did die mid-batch
     rows = read_output(tmp_path / "out")
-    assert rows["path"].tolist() == infer.resolve_inputs(source)
+    assert rows["path"].tolist() == resolve_inputs(source)
     failed = set(rows.loc[rows["status"] == "error", "id"])
     assert failed == {*BROKEN} - {"missing"} | {"readme"}  # the glob matches readme.txt too

@@ -1,0 +1,74 @@
+"""The model stage: a Ray actor that loads the bundle once, then turns decoded batches into
+output rows.
+
+Each actor picks its own precision from its own hardware ("auto": float16 on a GPU,
+bfloat16 on a CPU with native bfloat16, else float32), so one job can run on mixed nodes.
+The bundle's float32 model is converted with `models.with_precision` (same weights, the
+genre head kept in float32). TensorFlow's thread pools are sized from what the actor
+reserved (`InferencePlan.threads`) before TensorFlow runs anything: it ignores
+OMP_NUM_THREADS.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+
+from poster_ray.bundle import load_bundle
+from poster_ray.infer.rows import rows_table
+from poster_ray.resources import configure_tensorflow_threads, resolve_precision
+
+if TYPE_CHECKING:  # TensorFlow is imported by the actor, never by the driver.
+    from poster_ray.tf_import import keras
+
+# Columns the actor adds for the driver only; the part files never hold them.
+CHUNK_COLUMN = "chunk"
+PRECISION_COLUMN = "precision"
+
+
+def model_in_precision(model: keras.Model, precision: str) -> keras.Model:
+    """The bundle's float32 model, computing in `precision` (a resolved name)."""
+    from poster_ray import models
+
+    return model if precision == "float32" else models.with_precision(model, precision)
+
+
+def has_gpu() -> bool:
+    from poster_ray.tf_import import tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+class ModelActor:
+    """Decoded batches (path, chunk, image, error) in, output rows (+ chunk) out."""
+
+    def __init__(self, bundle: str, threads: int, precision: str, all_probabilities: bool) -> None:
+        self.threads = configure_tensorflow_threads(threads)
+        loaded = load_bundle(bundle)
+        self.genres = loaded.genres
+        self.thresholds = loaded.thresholds
+        self.bundle_hash = loaded.info["content_hash"]
+        self.precision = resolve_precision(precision, gpu=has_gpu())
+        self.model = model_in_precision(loaded.model, self.precision)
+        self.all_probabilities = all_probabilities
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        ok = batch["error"] == ""
+        probabilities = np.zeros((len(ok), len(self.genres)), dtype=np.float32)
+        if ok.any():
+            probabilities[ok] = np.asarray(self.model.predict_on_batch(batch["image"][ok]))
+        table = rows_table(
+            batch["path"],
+            batch["error"],
+            probabilities,
+            self.genres,
+            self.thresholds,
+            self.bundle_hash,
+            self.all_probabilities,
+        )
+        table = table.append_column(CHUNK_COLUMN, pa.array(batch["chunk"], pa.int64()))
+        return table.append_column(
+            PRECISION_COLUMN, pa.array([self.precision] * len(ok), pa.string())
+        )
