@@ -12,9 +12,9 @@ import dataclasses
 import json
 import os
 import sys
-from pathlib import Path
 
 from poster_ray.config import (
+    LOSSES,
     MODEL_NAMES,
     MONITORS,
     SEARCHERS,
@@ -25,6 +25,7 @@ from poster_ray.config import (
 )
 from poster_ray.errors import PosterRayError
 from poster_ray.resources import PRECISIONS
+from poster_ray.storage import Location
 
 NOT_GIVEN = argparse.SUPPRESS  # an option left out sets no attribute at all
 
@@ -46,7 +47,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
     summary = data.prepare(
         data.resolve_data_dir(args.data, dict(os.environ)),
-        RunDir(Path(args.out)),
+        RunDir(args.out),
         PreprocessSpec(args.image_size),
         args.split_seed,
         args.limit,
@@ -68,7 +69,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     evaluate_and_print(out, run)
 
 
-def evaluate_and_print(model_dir: Path, run: RunDir) -> None:
+def evaluate_and_print(model_dir: Location, run: RunDir) -> None:
     from poster_ray.evaluate import evaluate_model_dir, format_headline
 
     print(format_headline(evaluate_model_dir(model_dir, run)))
@@ -91,26 +92,25 @@ def cmd_tune(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from poster_ray.evaluate import compare_models
 
-    table = compare_models([Path(path) for path in args.paths])
+    table = compare_models([Location.of(path) for path in args.paths])
     print(table)
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    output = Location.of(args.output)
     output.write_text(f"# Model comparison (test split)\n\n{table}")
     print(f"wrote {output}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    model_dir = Path(args.model_dir)
+    model_dir = Location.of(args.model_dir)
     if not (model_dir / "model.keras").is_file():
         raise PosterRayError(f"{model_dir}: no model.keras (expected RUN/models/NAME)")
-    evaluate_and_print(model_dir, existing_run(args.run or str(model_dir.parent.parent)))
+    evaluate_and_print(model_dir, existing_run(args.run or model_dir.parent.parent.uri))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from poster_ray.bundle import load_bundle
     from poster_ray.predict import format_predictions, predict_files
 
-    bundle = load_bundle(Path(args.bundle))
+    bundle = load_bundle(args.bundle)
     print(format_predictions(predict_files(bundle, args.posters)))
 
 
@@ -118,14 +118,16 @@ def cmd_infer(args: argparse.Namespace) -> None:
     from poster_ray.infer import format_summary, run_inference
 
     summary = run_inference(
-        Path(args.bundle),
+        args.bundle,
         args.input,
-        Path(args.output),
+        args.output,
         workers=args.workers,
         gpu=args.gpu,
         batch_size=args.batch_size,
         all_probabilities=args.all_probabilities,
         num_cpus=args.num_cpus,
+        precision=args.precision,
+        cpus_per_worker=args.cpus_per_worker,
     )
     print(format_summary(summary))
 
@@ -143,16 +145,19 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
         seed=args.split_seed,
         num_cpus=args.num_cpus,
     )
+    hardware = given(args, TrainConfig)  # --precision, --workers, --gpu, --cpus-per-worker
+    pretrained = {"model": args.pretrained} if args.pretrained else {}
     settings = dataclasses.replace(
         settings,
-        train=dataclasses.replace(settings.train, **given(args, TrainConfig)),
+        cnn=dataclasses.replace(settings.cnn, **hardware),
+        pretrained=dataclasses.replace(settings.pretrained, **hardware, **pretrained),
         tune=dataclasses.replace(settings.tune, **given(args, TuneSettings)),
     )
     print(format_result(run_pipeline(settings)))
 
 
 def existing_run(path: str) -> RunDir:
-    run = RunDir(Path(path))
+    run = RunDir(path)
     if not run.manifest.is_file():
         raise PosterRayError(f"{path}: not a prepared run (no manifest.parquet); run prepare")
     return run
@@ -178,11 +183,27 @@ def add_num_cpus(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """What trains and how, shared by train, tune and pipeline."""
+    """What trains and on what, shared by train and tune."""
     defaults = TrainConfig()
     parser.add_argument(
         "--model", choices=MODEL_NAMES, default=NOT_GIVEN, help=f"default {defaults.model}"
     )
+    parser.add_argument(
+        "--weights",
+        default=NOT_GIVEN,
+        help="pretrained models: imagenet (default), none or a weights file",
+    )
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=NOT_GIVEN,
+        help="pretrained models: poster size (default: the backbone's native resolution)",
+    )
+    add_hardware_args(parser)
+
+
+def add_hardware_args(parser: argparse.ArgumentParser) -> None:
+    """Where and in what precision training runs."""
     parser.add_argument("--gpu", action="store_true", default=NOT_GIVEN, help="a GPU per worker")
     parser.add_argument(
         "--cpus-per-worker",
@@ -196,21 +217,29 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         default=NOT_GIVEN,
         help="auto (default): float16 on GPUs, bfloat16 on CPUs with it natively, else float32",
     )
-    parser.add_argument(
-        "--weights", default=NOT_GIVEN, help="vgg16: none (default), imagenet or a .h5 file"
-    )
 
 
-def add_train_args(parser: argparse.ArgumentParser) -> None:
-    defaults = TrainConfig()
-    add_model_args(parser)
+def add_workers_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers",
         type=int,
         default=NOT_GIVEN,
         help="training workers (default: one per node with CPUs, one per GPU with --gpu)",
     )
-    for option, kind in (("epochs", int), ("batch_size", int), ("learning_rate", float)):
+
+
+def add_train_args(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    add_model_args(parser)
+    add_workers_arg(parser)
+    for option, kind in (
+        ("epochs", int),
+        ("batch_size", int),
+        ("learning_rate", float),
+        ("fine_tune_blocks", int),
+        ("fine_tune_epochs", int),
+        ("fine_tune_learning_rate", float),
+    ):
         parser.add_argument(
             f"--{option.replace('_', '-')}",
             type=kind,
@@ -226,6 +255,9 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--monitor", choices=list(MONITORS), default=NOT_GIVEN, help=f"default {defaults.monitor}"
+    )
+    parser.add_argument(
+        "--loss", choices=LOSSES, default=NOT_GIVEN, help=f"default {defaults.loss}"
     )
     parser.add_argument("--hparams", default=NOT_GIVEN, help="model hyperparameters as JSON")
 
@@ -322,14 +354,27 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=cmd_predict)
 
     infer = commands.add_parser("infer", help="bulk predictions to Parquet; rerun to resume")
-    infer.add_argument("bundle", help="a model bundle directory (RUN/models/NAME/bundle)")
+    infer.add_argument("bundle", help="a model bundle folder or URI (RUN/models/NAME/bundle)")
     infer.add_argument(
-        "--input", required=True, help="a folder, a glob, a text file of paths, or a Parquet file"
+        "--input",
+        required=True,
+        help="a folder, glob, text file of paths or Parquet file; local or a URI (s3://...)",
     )
-    infer.add_argument("--output", required=True, help="folder for part-*.parquet")
-    infer.add_argument("--workers", type=int, default=1, help="model actors")
+    infer.add_argument("--output", required=True, help="folder or URI for part-*.parquet")
+    infer.add_argument(
+        "--workers", type=int, help="model actors (default: 1, growing to one per node or GPU)"
+    )
     infer.add_argument("--gpu", action="store_true", help="one GPU per model actor")
     infer.add_argument("--batch-size", type=int, default=64, help="posters per model call")
+    infer.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: float16 on a GPU, bfloat16 on a CPU that has it natively, else float32",
+    )
+    infer.add_argument(
+        "--cpus-per-worker", type=float, help="CPUs each model actor reserves (default: planned)"
+    )
     infer.add_argument(
         "--all-probabilities", action="store_true", help="also write every genre's probability"
     )
@@ -337,9 +382,20 @@ def build_parser() -> argparse.ArgumentParser:
     infer.set_defaults(func=cmd_infer)
 
     pipeline = commands.add_parser("pipeline", help="run every stage end to end")
-    pipeline.add_argument("--profile", choices=["quick", "full"], default="quick")
+    pipeline.add_argument(
+        "--profile",
+        choices=["quick", "full", "tiny"],
+        default="quick",
+        help="quick: minutes on a laptop; full: every poster; tiny: a smoke test",
+    )
     add_data_args(pipeline, defaults=False)
-    add_train_args(pipeline)
+    pipeline.add_argument(
+        "--pretrained",
+        choices=[name for name in MODEL_NAMES if name != "custom_cnn"],
+        help="the pretrained backbone (default: the profile's EfficientNet-Lite)",
+    )
+    add_hardware_args(pipeline)
+    add_workers_arg(pipeline)
     add_tune_args(pipeline)
     pipeline.set_defaults(func=cmd_pipeline)
     return parser

@@ -2,7 +2,9 @@
 
 One typed settings object drives every stage; `poster-ray pipeline` and
 `jobs/pipeline.py` only turn arguments into it. Profiles are the presets: `quick` runs
-in minutes on a 2-core laptop, `full` is the real thing.
+in minutes on a 2-core laptop, `full` is the real thing. Two models train: the report's
+CNN from scratch and a pretrained backbone under a genre head; the head is tuned, and
+the model that scores best on validation predicts the samples and the bulk inference.
 """
 
 from __future__ import annotations
@@ -10,51 +12,68 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from poster_ray.config import PreprocessSpec, RunDir, TrainConfig, TuneSettings
 from poster_ray.errors import PosterRayError
+from poster_ray.storage import Location
 
 
 @dataclass(frozen=True)
 class PipelineSettings:
     """Everything one end-to-end run needs; the stages' own settings inside."""
 
-    out: Path
-    data: str | None = None  # dataset folder; None: $POSTER_DATA, else the default clone
-    image_size: int = PreprocessSpec.image_size
+    out: str  # the run directory: a path or a URI
+    data: str | None = None  # dataset folder or URI; None: $POSTER_DATA, else the clone
+    image_size: int = PreprocessSpec.image_size  # the run's (and the CNN's) poster size
     limit: int | None = None  # a random sample of this many posters
     seed: int = 42
-    train: TrainConfig = field(default_factory=TrainConfig)
-    tune: TuneSettings = field(default_factory=TuneSettings)
+    cnn: TrainConfig = field(default_factory=TrainConfig)
+    pretrained: TrainConfig = field(default_factory=lambda: TrainConfig(model="efficientnet_lite0"))
+    tune: TuneSettings = field(default_factory=TuneSettings)  # searches the pretrained head
     infer_batch_size: int = 64
     num_cpus: int | None = None  # for a local Ray; ignored inside a cluster
 
 
-# The quick profile: a sample of posters, smaller images, a few epochs, so the whole
-# pipeline runs in minutes on a 2-core laptop; full is the real thing.
+# The quick profile: a sample of posters, small CNN inputs, a few epochs, EfficientNet-
+# Lite0's frozen features, so that the whole pipeline runs in minutes on a 2-core
+# laptop; full is the real thing; tiny checks that every stage runs (tests, clusters).
 PROFILES = {
+    "tiny": {
+        "limit": None,
+        "image_size": 32,
+        "cnn": TrainConfig(
+            epochs=2,
+            batch_size=16,
+            hparams={"filters": [4, 8], "kernel_size": 3, "dense_units": [16]},
+        ),
+        "pretrained": TrainConfig(
+            model="efficientnet_lite0", input_size=64, epochs=3, batch_size=16
+        ),
+        "tune": TuneSettings(trials=2, max_epochs=2),
+    },
     "quick": {
         "limit": 1500,
         "image_size": 128,
-        "train": TrainConfig(epochs=4),
-        "tune": TuneSettings(trials=3, max_epochs=2),
+        "cnn": TrainConfig(epochs=4),
+        "pretrained": TrainConfig(model="efficientnet_lite0", epochs=20, batch_size=64),
+        "tune": TuneSettings(trials=3, max_epochs=20, grace_period=5),
     },
     "full": {
         "limit": None,
         "image_size": 250,
-        "train": TrainConfig(epochs=30),
-        "tune": TuneSettings(trials=12, max_epochs=10),
+        "cnn": TrainConfig(epochs=30),
+        "pretrained": TrainConfig(model="efficientnet_lite2", epochs=40, batch_size=64),
+        "tune": TuneSettings(trials=12, max_epochs=40, grace_period=5),
     },
 }
 
 
-def profile_settings(profile: str, out: Path, **overrides) -> PipelineSettings:
+def profile_settings(profile: str, out: str, **overrides) -> PipelineSettings:
     """The settings of `profile`, with `overrides` (None values are left to the profile)."""
     if profile not in PROFILES:
         raise PosterRayError(f"unknown profile {profile!r}; choose one of {list(PROFILES)}")
     given = {key: value for key, value in overrides.items() if value is not None}
-    return PipelineSettings(out=Path(out), **{**PROFILES[profile], **given})
+    return PipelineSettings(out=str(out), **{**PROFILES[profile], **given})
 
 
 @dataclass
@@ -62,13 +81,14 @@ class PipelineResult:
     """Where each stage left its output, and the headline numbers."""
 
     run: RunDir
-    models: dict[str, Path] = field(default_factory=dict)
+    models: dict[str, Location] = field(default_factory=dict)
     headlines: dict[str, dict] = field(default_factory=dict)
-    comparison: Path | None = None
+    best: str | None = None  # the model chosen on validation for predictions
+    comparison: Location | None = None
     predictions: list[dict] = field(default_factory=list)
     inference: dict = field(default_factory=dict)
     seconds: float = 0.0
-    logs: Path | None = None  # Ray's full logs of every process, on this node
+    logs: str | None = None  # Ray's full logs of every process, on this node
 
 
 def run_pipeline(settings: PipelineSettings) -> PipelineResult:
@@ -77,9 +97,10 @@ def run_pipeline(settings: PipelineSettings) -> PipelineResult:
     from poster_ray.runtime import init_ray, ray_logs_dir
 
     started = time.perf_counter()
+    init_ray(settings.num_cpus)
     data_dir = data.resolve_data_dir(settings.data, dict(os.environ))
     run = RunDir(settings.out)
-    stage("prepare", f"{data_dir} -> {run.root}")
+    stage("prepare", f"{data_dir} -> {run.root}", started)
     summary = data.prepare(
         data_dir,
         run,
@@ -89,35 +110,35 @@ def run_pipeline(settings: PipelineSettings) -> PipelineResult:
         settings.num_cpus,
     )
     print(data.format_summary(summary).split("\n\n")[0])
-    init_ray(settings.num_cpus)
     result = PipelineResult(run)
 
-    model = settings.train.model
-    stage("train", model)
-    train_and_evaluate(result, model, settings.train)
+    stage("train", "the report's CNN, from scratch", started)
+    train_and_evaluate(result, settings.cnn.model, settings.cnn)
+    pretrained = settings.pretrained.model
+    stage("train", f"{pretrained}: a frozen ImageNet backbone under a genre head", started)
+    train_and_evaluate(result, pretrained, settings.pretrained)
+    stage("tune", f"{pretrained}'s head, {settings.tune.trials} trials", started)
+    tune_and_evaluate(result, f"tuned_{pretrained}", settings.pretrained, settings.tune)
 
-    tuned = f"tuned_{model}"
-    stage("tune", f"{model}, {settings.tune.trials} trials")
-    tune_and_evaluate(result, tuned, settings.train, settings.tune)
-
-    stage("compare", "the models beside the trivial baselines")
+    stage("compare", "the models beside the trivial baselines", started)
     result.comparison = write_comparison(run, run.root / "comparison.md")
+    result.best = best_on_validation(result)
+    bundle = result.models[result.best] / "bundle"
 
-    samples = sorted(str(path) for path in (data_dir / "samples").glob("*.jpg"))
-    bundle = result.models[model] / "bundle"
+    samples = [str(path) for path in (data_dir / "samples").glob("*.jpg")]
     if samples:
-        stage("predict", f"{len(samples)} sample posters with {model}")
+        stage("predict", f"{len(samples)} sample posters with {result.best}", started)
         result.predictions = predict_samples(bundle, samples)
 
-    stage("infer", f"every prepared poster with {model}, to Parquet")
+    stage("infer", f"every prepared poster with {result.best}, to Parquet", started)
     result.inference = infer_manifest(run, bundle, settings.infer_batch_size)
     result.seconds = round(time.perf_counter() - started, 1)
-    result.logs = ray_logs_dir()
+    result.logs = str(ray_logs_dir())
     return result
 
 
-def stage(name: str, what: str) -> None:
-    print(f"\n== {name}: {what}", flush=True)
+def stage(name: str, what: str, started: float) -> None:
+    print(f"\n== {name}: {what} ({time.perf_counter() - started:.0f} s in)", flush=True)
 
 
 def train_and_evaluate(result: PipelineResult, name: str, config: TrainConfig) -> None:
@@ -136,14 +157,21 @@ def tune_and_evaluate(
     from poster_ray import tune
     from poster_ray.evaluate import evaluate_model_dir, format_headline
 
-    out = tune.tune_model(result.run, name, replace(base, early_stopping=0), settings)
+    # One worker per trial: a head on cached features gains nothing from more.
+    trial = replace(base, early_stopping=0, workers=1, cpus_per_worker=None)
+    out = tune.tune_model(result.run, name, trial, settings)
     print(tune.format_summary(out))
     headline = evaluate_model_dir(out, result.run)
     print(format_headline(headline, table=False))
     result.models[name], result.headlines[name] = out, headline
 
 
-def write_comparison(run: RunDir, output: Path) -> Path:
+def best_on_validation(result: PipelineResult) -> str:
+    """The model with the highest validation micro-F1 (never chosen on the test split)."""
+    return max(result.headlines, key=lambda name: result.headlines[name]["val_micro_f1"])
+
+
+def write_comparison(run: RunDir, output: Location) -> Location:
     from poster_ray.evaluate import compare_models
 
     table = compare_models([run.root])
@@ -152,7 +180,7 @@ def write_comparison(run: RunDir, output: Path) -> Path:
     return output
 
 
-def predict_samples(bundle: Path, posters: list[str]) -> list[dict]:
+def predict_samples(bundle: Location, posters: list[str]) -> list[dict]:
     from poster_ray.bundle import load_bundle
     from poster_ray.predict import format_predictions, predict_files
 
@@ -161,12 +189,12 @@ def predict_samples(bundle: Path, posters: list[str]) -> list[dict]:
     return rows
 
 
-def infer_manifest(run: RunDir, bundle: Path, batch_size: int) -> dict:
+def infer_manifest(run: RunDir, bundle: Location, batch_size: int) -> dict:
     """Bulk inference over every prepared poster (the manifest has a path column)."""
     from poster_ray.infer import format_summary, run_inference
 
     summary = run_inference(
-        bundle, str(run.manifest), run.root / "predictions", batch_size=batch_size
+        bundle.uri, run.manifest.uri, (run.root / "predictions").uri, batch_size=batch_size
     )
     print(format_summary(summary))
     return summary
@@ -181,6 +209,7 @@ def format_result(result: PipelineResult) -> str:
             f"{name}: micro-F1 {headline['micro_f1@calibrated']:.3f} {verdict} "
             f"'{headline['baseline']}' ({headline['baseline_micro_f1']:.3f})"
         )
+    lines.append(f"predictions by {result.best} (best on validation)")
     lines.append(f"comparison: {result.comparison}")
     lines.append(f"predictions: {result.inference.get('output')}")
     lines.append(f"full logs: {result.logs}")

@@ -113,10 +113,7 @@ class WorkerPlan:
     workers: int
     cpus_per_worker: float
     gpus_per_worker: int
-
-    @property
-    def threads(self) -> int:
-        return max(1, round(self.cpus_per_worker))
+    threads: int  # TensorFlow threads per worker
 
 
 def plan_workers(
@@ -126,6 +123,7 @@ def plan_workers(
     gpu: bool = False,
     cpus_per_worker: float | None = None,
     groups: int = 1,
+    leave_for_tasks: float = 0.0,
 ) -> WorkerPlan:
     """Workers for `what` ("training", "inference", ...) that the `nodes` can hold.
 
@@ -133,8 +131,11 @@ def plan_workers(
     process with every core trains faster than two processes synchronising gradients
     on the same cores. CPUs per worker default to an equal share of the smallest node
     that runs one, less a little headroom, so a request fits on every node it lands on.
-    `groups` runs that many such sets at once (tuning trials). A plan no node can hold
-    fails here, in one line, instead of waiting forever for resources.
+    `groups` runs that many such sets at once (tuning trials). `leave_for_tasks` CPUs
+    per node stay free for the Ray Data tasks that feed actors (workers holding every
+    CPU would leave them unschedulable, and the pipeline would hang); the workers' own
+    threads still use them when the tasks are idle. A plan no node can hold fails here,
+    in one line, instead of waiting forever for resources.
     """
     usable = [node for node in nodes if node.cpus > 0 and (node.gpus >= 1 or not gpu)]
     if not usable:
@@ -146,10 +147,11 @@ def plan_workers(
         raise PosterRayError(f"{what} needs at least 1 worker, got {workers}")
     slots = workers * groups
     per_node = math.ceil(slots / len(usable))  # spread as evenly as the nodes allow
+    smallest = min(node.cpus for node in usable[: min(slots, len(usable))])
+    leave_for_tasks = min(leave_for_tasks, smallest / 2)
     if cpus_per_worker is None:
-        smallest = min(node.cpus for node in usable[: min(slots, len(usable))])
-        cpus_per_worker = max(0.1, (smallest - NODE_HEADROOM_CPUS) / per_node)
-        cpus_per_worker = math.floor(cpus_per_worker * 100) / 100
+        free = smallest - NODE_HEADROOM_CPUS - leave_for_tasks
+        cpus_per_worker = math.floor(max(0.1, free / per_node) * 100) / 100
     fits = sum(
         min(
             int(node.cpus // cpus_per_worker),
@@ -164,4 +166,5 @@ def plan_workers(
             f"do not fit on the cluster's nodes (largest: {largest:g} CPUs, "
             f"{len(usable)} usable nodes); ask for fewer workers or fewer CPUs each"
         )
-    return WorkerPlan(workers, cpus_per_worker, 1 if gpu else 0)
+    threads = max(1, round(cpus_per_worker + leave_for_tasks / per_node))
+    return WorkerPlan(workers, cpus_per_worker, 1 if gpu else 0, threads)
