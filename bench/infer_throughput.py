@@ -252,6 +252,29 @@ def run_infer(bundle: Path, list_file: Path, out: Path, precision: str, extra: l
     }
 
 
+def agreement(reference: Path, reduced: Path) -> dict:
+    """Reduced precision against float32 on the same real posters: the share of posters
+    with the same top-1 genre, and the largest difference of the top-1 probability."""
+    import pandas as pd
+
+    def rows(folder: Path) -> pd.DataFrame:
+        parts = sorted(folder.glob("part-*.parquet"))
+        frame = pd.concat(
+            pd.read_parquet(part, columns=["path", "top1_genre", "top1_prob"]) for part in parts
+        )
+        return frame.set_index("path").sort_index()
+
+    ours, theirs = rows(reference), rows(reduced)
+    same = ours["top1_genre"] == theirs["top1_genre"]
+    return {
+        "posters": len(ours),
+        "top1_same": round(float(same.mean()), 4),
+        "max_top1_prob_diff_where_same": round(
+            float((ours["top1_prob"] - theirs["top1_prob"])[same].abs().max()), 4
+        ),
+    }
+
+
 # ---------------------------------------------------------------- the report
 
 
@@ -356,6 +379,15 @@ def main() -> None:
                 run = run_infer(bundle, list_file, out, precision, extra)
                 result["end_to_end"][precision][str(count)] = run
                 print(f"end to end, {count} posters, {precision}: {json.dumps(run)}", flush=True)
+            if "float32" in args.precisions:
+                result.setdefault("agreement_with_float32", {})[str(count)] = {
+                    precision: agreement(
+                        Path(scratch, f"out-{count}-float32"),
+                        Path(scratch, f"out-{count}-{precision}"),
+                    )
+                    for precision in args.precisions
+                    if precision != "float32"
+                }
         measure_bounds()
 
     for figures in [result["decode_only"], *result["predict_only"].values()]:

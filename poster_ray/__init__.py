@@ -1,5 +1,6 @@
 """poster-ray: multi-label movie-poster genre classification on Ray."""
 
+import logging
 import os
 
 # What every poster_ray process needs in its environment: the driver's (set here, before
@@ -27,5 +28,8 @@ for _key, _value in PROCESS_ENV.items():
 from poster_ray.quiet_tensorflow import install_quiet_import  # noqa: E402
 
 install_quiet_import()
+# Ray Data's note, in every process that reads a dataset, that its progress bars are off
+# where we turned them off (training workers, bulk inference, which shows its own line).
+logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 __version__ = "0.1.0"

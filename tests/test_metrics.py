@@ -64,6 +64,19 @@ def test_macro_and_weighted_scores(metrics):
     assert metrics["weighted"]["f1"] == pytest.approx(32 / 45)
 
 
+def test_macro_f1_over_present_genres_leaves_out_a_genre_with_no_positives():
+    # Comedy gets no positives: sklearn's macro counts its F1 as 0 (Action 4/5 and
+    # Drama 2/3 from test_macro_and_weighted_scores, Comedy 0 -> 22/45); over the genres
+    # present it is (4/5 + 2/3) / 2 = 11/15.
+    y_true = Y_TRUE.copy()
+    y_true[:, 1] = 0
+    y_prob = Y_PROB.copy()
+    y_prob[:, 1] = 0.0
+    scored = classification_metrics(y_true, y_prob, 0.5, GENRES)
+    assert scored["macro"]["f1"] == pytest.approx(22 / 45)
+    assert scored["macro_f1_present"] == pytest.approx(11 / 15)
+
+
 def test_samples_f1_and_hamming(metrics):
     # Rows: {A,D} vs {A} -> 2/3; {C} vs {A,C} -> 2/3; {A,C} vs {A} -> 2/3; {D} vs {D} -> 1.
     # Mean (3 * 2/3 + 1) / 4 = 3/4.
@@ -171,7 +184,10 @@ def test_markdown_report_has_table_baselines_and_images(metrics):
     report = markdown_report(models, baselines, GENRES, images)
 
     assert comparison_table({**models, **baselines}) in report
-    assert "| run | micro P | micro R | micro F1 | macro F1 | samples F1 |" in report
+    assert (
+        "| run | micro P | micro R | micro F1 | macro F1 | macro F1 (present) | samples F1 |"
+        in report
+    )
     for name in [*models, *baselines]:
         assert f"| {name} |" in report
     assert "![curve_precision](curve_precision.png)" in report

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import logging
 import math
 from collections import Counter
 from collections.abc import Iterator
@@ -110,8 +109,6 @@ def dataset_settings(object_store_bytes: int) -> Iterator[None]:
     context = ray.data.DataContext.get_current()
     previous = context.enable_progress_bars, context.execution_options
     context.enable_progress_bars = False
-    # ... and Ray Data's note that its bars are off, which asks users to turn them on.
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     context.execution_options = copy.deepcopy(previous[1])
     context.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(
         object_store_memory=object_store_bytes

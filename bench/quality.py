@@ -1,0 +1,135 @@
+"""Model quality on the real dataset: every row of the README's results table, each from
+one `poster-ray` command, all scored by the same evaluation on the same test split.
+
+Runs the commands one after the other (a model whose metrics.json exists is not
+trained again, so an interrupted run resumes), times each, and writes the table with
+the trivial baselines and the command of every row.
+
+    python bench/quality.py RUN_DIR [--data ../shared/datasets/movie-posters]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from poster_ray.storage import Location
+
+# (model name, `poster-ray` arguments after the run directory); the report's CNN first.
+MODELS = [
+    ("custom_cnn", ["train", "--model", "custom_cnn", "--epochs", "15"]),
+    ("efficientnet_lite0", ["train", "--model", "efficientnet_lite0", "--epochs", "40"]),
+    ("efficientnet_lite2", ["train", "--model", "efficientnet_lite2", "--epochs", "40"]),
+    *(
+        (
+            f"efficientnet_lite2_{loss}",
+            ["train", "--model", "efficientnet_lite2", "--epochs", "40", "--loss", loss],
+        )
+        for loss in ("weighted_bce", "focal", "asymmetric")
+    ),
+    (
+        "tuned_efficientnet_lite2",
+        ["tune", "--model", "efficientnet_lite2", "--trials", "12", "--max-epochs", "40"],
+    ),
+    (
+        "efficientnet_lite0_fine_tuned",
+        ["train", "--model", "efficientnet_lite0", "--epochs", "40", "--fine-tune-blocks", "2"],
+    ),
+]
+COLUMNS = (
+    ("micro-F1", "test@calibrated", ("micro", "f1")),
+    ("macro-F1", "test@calibrated", ("macro_f1_present",)),
+    ("mAP", "test@calibrated", ("map",)),
+    ("ROC-AUC", "test@calibrated", ("roc_auc",)),
+    ("Hamming @0.5", "test@0.5", ("hamming_loss",)),
+    ("Hamming @cal", "test@calibrated", ("hamming_loss",)),
+    ("val micro-F1", "val@calibrated", ("micro", "f1")),
+    ("val mAP", "val@calibrated", ("map",)),
+)
+
+
+def poster_ray(*argv: str) -> float:
+    """Run one command, its output going to ours; returns its wall time."""
+    started = time.perf_counter()
+    subprocess.run([Path(sys.executable).parent / "poster-ray", *argv], check=True)
+    return time.perf_counter() - started
+
+
+def lookup(scored: dict, path: tuple[str, ...]) -> float | None:
+    for key in path:
+        scored = scored[key]
+    return scored
+
+
+def table_row(name: str, scores: list[float | None], extra: list[str]) -> str:
+    cells = [f"{score:.3f}" if score is not None else "" for score in scores]
+    return "| " + " | ".join([name, *cells, *extra]) + " |"
+
+
+def model_row(model_dir: Location, wall_s: float | None, command: str) -> tuple[str, dict]:
+    scored = (model_dir / "metrics.json").read_json()
+    history = (model_dir / "history.json").read_json()
+    rates = [epoch["train_images_per_s"] for epoch in history if "train_images_per_s" in epoch]
+    values = {title: lookup(scored[split], path) for title, split, path in COLUMNS}
+    values["train img/s"] = statistics.median(rates) if rates else None
+    extra = [
+        f"{wall_s:.0f}" if wall_s else "",
+        f"{values['train img/s']:.0f}" if rates else "",
+        f"`{command}`",
+    ]
+    return table_row(model_dir.name, [values[title] for title, _, _ in COLUMNS], extra), values
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", help="the run directory (prepared here when it is not yet)")
+    parser.add_argument("--data", default="../shared/datasets/movie-posters")
+    parser.add_argument("--image-size", type=int, default=128, help="of the CNN")
+    parser.add_argument("--out", default="bench/results/quality")
+    args = parser.parse_args()
+    run = Location.of(args.run)
+    saved = Location.of(args.out + ".json")
+    results = saved.read_json() if saved.is_file() else {}
+    if not (run / "manifest.parquet").is_file():
+        prepare = [
+            "prepare",
+            "--data",
+            args.data,
+            "--out",
+            run.uri,
+            "--image-size",
+            str(args.image_size),
+        ]
+        results["prepare"] = {
+            "wall_s": poster_ray(*prepare),
+            "command": "poster-ray " + " ".join(prepare),
+        }
+    lines = []
+    for name, argv in MODELS:
+        command = ["poster-ray", argv[0], run.uri, *argv[1:], "--name", name]
+        model_dir = run / "models" / name
+        if not (model_dir / "metrics.json").is_file():
+            results[name] = {"wall_s": poster_ray(*command[1:])}
+        row, values = model_row(model_dir, results.get(name, {}).get("wall_s"), " ".join(command))
+        results.setdefault(name, {}).update(values, command=" ".join(command))
+        lines.append(row)
+        saved.write_json(results)
+    baselines = (run / "models" / MODELS[0][0] / "metrics.json").read_json()["baselines"]
+    for name, scored in baselines.items():
+        scores = [
+            lookup(scored, path) if split != "val@calibrated" else None
+            for _, split, path in COLUMNS
+        ]
+        lines.append(table_row(f"baseline: {name}", scores, ["", "", ""]))
+    header = ["model", *(title for title, _, _ in COLUMNS), "wall s", "train img/s", "command"]
+    table = "\n".join(["| " + " | ".join(header) + " |", "|" + " --- |" * len(header), *lines])
+    Location.of(args.out + ".md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
