@@ -73,6 +73,9 @@ def table_row(name: str, scores: list[float | None], extra: list[str]) -> str:
 def model_row(model_dir: Location, wall_s: float | None, command: str) -> tuple[str, dict]:
     scored = (model_dir / "metrics.json").read_json()
     history = (model_dir / "history.json").read_json()
+    config = (model_dir / "train_config.json").read_json()
+    if config.get("fine_tune_blocks"):  # the fine-tuning epochs, on posters, not the head's
+        history = history[-config["fine_tune_epochs"] :]
     rates = [epoch["train_images_per_s"] for epoch in history if "train_images_per_s" in epoch]
     values = {title: lookup(scored[split], path) for title, split, path in COLUMNS}
     values["train img/s"] = statistics.median(rates) if rates else None

@@ -142,7 +142,9 @@ class TrainConfig:
     fine_tune_epochs: int = 3
     fine_tune_learning_rate: float = 1e-4
     max_failures: int = 2
-    shuffle_buffer: int = 256
+    # Workers copy their shard into memory (True), stream it from Ray's object store each
+    # epoch (False), or copy it when it fits (None: train_worker.reads_from_memory).
+    in_memory: bool | None = None
 
 
 # Multi-label losses (models.losses): plain, positive-weighted per genre, focal, asymmetric.

@@ -8,6 +8,7 @@ the CPU or GPU is a branch CI never sees.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,19 @@ def configure_tensorflow_threads(cpus: float) -> int:
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     return threads
+
+
+def available_memory() -> int:
+    """Bytes this node can still hand out: Linux's MemAvailable (free memory and
+    reclaimable cache), else the free pages."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 # ---------------------------------------------------------------- nodes and placement

@@ -190,6 +190,9 @@ def make_trainer(
             "loss_weights": data.loss_weights,
             "head_weights": head_weights,
             "steps": step_counts(data, config),
+            "dataset_bytes": {
+                name: dataset.size_bytes() for name, dataset in data.datasets.items()
+            },
             "monitor_mode": MONITORS[config.monitor],
         },
         scaling_config=ScalingConfig(
@@ -288,9 +291,10 @@ def worker_datasets(
     """Each worker's own id-hashed training shard, and the whole validation split.
 
     Materialized once (in Ray's object store, spilling to disk when full): every epoch
-    re-executing the read pipeline cost 7-17 s per pass on 2 cores. Each epoch then
-    reads a shard's blocks (SHUFFLE_BLOCK_ROWS rows each) in a new random order, and
-    the workers' local shuffle buffer mixes rows across neighbouring blocks. No
+    re-executing the read pipeline cost 7-17 s per pass on 2 cores. A worker then
+    copies its shard into its own memory when it fits and shuffles all of it every
+    epoch; otherwise each epoch streams the shard's blocks (SHUFFLE_BLOCK_ROWS rows
+    each) in a new random order through a local shuffle buffer (train_worker). No
     streaming_split: its lockstep epochs deadlocked when one worker's tf.data prefetch
     ran an epoch ahead.
     """

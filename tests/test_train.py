@@ -217,7 +217,8 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(tmp_path_factory, ray_
     import psutil
 
     run = prepared_run(tmp_path_factory.mktemp("killed"), n=120, image_size=32)
-    config = replace(FLOAT32, epochs=12)
+    # The other branch of reads_from_memory: every other run here fits in memory.
+    config = replace(FLOAT32, epochs=12, in_memory=False)
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(out=train.train(run, "killed", config)))
     before = training_worker_pids()
@@ -263,6 +264,42 @@ def test_shards_cover_the_split_and_each_epoch_reads_them_in_a_new_order(run, mo
     first, second = epoch_order(), epoch_order()
     assert first != second
     assert sorted(first) == sorted(second)  # the same posters, each once
+
+
+def test_an_in_memory_shard_pairs_every_row_with_its_labels_in_a_new_order_each_pass(run):
+    shard = train.load_training_data(run, replace(TINY, workers=1)).datasets["train_0"]
+    streamed = {
+        image.tobytes(): labels.tobytes()
+        for batch in shard.iter_batches(batch_format="numpy")
+        for image, labels in zip(batch["image"], batch["labels"], strict=True)
+    }
+    rows, batch = shard.count(), 4
+    batches = iter(train_worker.arrays_dataset(shard, "image", batch, shuffle=True))
+
+    def one_pass() -> list[tuple[bytes, bytes]]:
+        return [
+            (image.tobytes(), labels.tobytes())
+            for images, labels in (next(batches) for _ in range(rows // batch))
+            for image, labels in zip(images.numpy(), labels.numpy(), strict=True)
+        ]
+
+    first, second = one_pass(), one_pass()
+    assert first != second
+    assert len(set(first)) == rows // batch * batch  # no row twice in a pass
+    assert set(first) <= set(streamed.items()) and set(second) <= set(streamed.items())
+
+
+@pytest.mark.parametrize(
+    ("forced", "shard_mb", "workers_on_node", "expected"),
+    [(None, 100, 2, True), (None, 300, 2, False), (True, 10**6, 1, True), (False, 1, 1, False)],
+)
+def test_workers_hold_their_shard_in_memory_when_told_or_when_it_fits(
+    monkeypatch, forced, shard_mb, workers_on_node, expected
+):
+    monkeypatch.setattr(train_worker.resources, "available_memory", lambda: 1000 << 20)
+    assert (
+        train_worker.reads_from_memory(forced, shard_mb << 20, workers_on_node) is expected
+    )  # a quarter of 1000 MB is the budget of all the node's workers together
 
 
 def test_a_model_too_deep_for_the_image_size_fails_in_the_driver(run):
