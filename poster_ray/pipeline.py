@@ -131,7 +131,7 @@ def run_pipeline(settings: PipelineSettings) -> PipelineResult:
         result.predictions = predict_samples(bundle, samples)
 
     stage("infer", f"every prepared poster with {result.best}, to Parquet", started)
-    result.inference = infer_manifest(run, bundle, settings.infer_batch_size)
+    result.inference = infer_manifest(run, bundle, settings)
     result.seconds = round(time.perf_counter() - started, 1)
     result.logs = str(ray_logs_dir())
     return result
@@ -189,12 +189,18 @@ def predict_samples(bundle: Location, posters: list[str]) -> list[dict]:
     return rows
 
 
-def infer_manifest(run: RunDir, bundle: Location, batch_size: int) -> dict:
-    """Bulk inference over every prepared poster (the manifest has a path column)."""
+def infer_manifest(run: RunDir, bundle: Location, settings: PipelineSettings) -> dict:
+    """Bulk inference over every prepared poster (the manifest has a path column), on the
+    hardware and in the precision the models trained with."""
     from poster_ray.infer import format_summary, run_inference
 
     summary = run_inference(
-        bundle.uri, run.manifest.uri, (run.root / "predictions").uri, batch_size=batch_size
+        bundle.uri,
+        run.manifest.uri,
+        (run.root / "predictions").uri,
+        gpu=settings.pretrained.gpu,
+        batch_size=settings.infer_batch_size,
+        precision=settings.pretrained.precision,
     )
     print(format_summary(summary))
     return summary

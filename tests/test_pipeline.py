@@ -3,10 +3,15 @@ job `ray job submit` sends to a 2-node cluster with S3 storage."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
+from poster_ray.config import RunDir
 from poster_ray.errors import PosterRayError
-from poster_ray.pipeline import PROFILES, profile_settings
+from poster_ray.infer import job
+from poster_ray.pipeline import PROFILES, infer_manifest, profile_settings
+from poster_ray.storage import Location
 
 
 def test_profiles_fill_what_the_command_line_leaves_out(tmp_path):
@@ -26,3 +31,13 @@ def test_every_profile_trains_the_cnn_and_a_pretrained_model():
 def test_an_unknown_profile_is_refused(tmp_path):
     with pytest.raises(PosterRayError, match="unknown profile 'huge'"):
         profile_settings("huge", str(tmp_path))
+
+
+def test_bulk_inference_runs_in_the_precision_and_on_the_hardware_asked_for(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(job, "run_inference", lambda *args, **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(job, "format_summary", lambda summary: "")
+    settings = profile_settings("quick", str(tmp_path))
+    settings = replace(settings, pretrained=replace(settings.pretrained, precision="float32"))
+    infer_manifest(RunDir(tmp_path), Location.of(tmp_path / "bundle"), settings)
+    assert calls == [{"gpu": False, "batch_size": 64, "precision": "float32"}]
