@@ -2,7 +2,8 @@
 output rows.
 
 Each actor picks its own precision from its own hardware ("auto": float16 on a GPU,
-bfloat16 on a CPU with native bfloat16, else float32), so one job can run on mixed nodes.
+bfloat16 on a CPU with native bfloat16, else float32; EfficientNet-Lite bundles stay in
+float32 on CPUs), so one job can run on mixed nodes.
 The bundle's float32 model is converted with `models.with_precision` (same weights, the
 genre head kept in float32). TensorFlow's thread pools are sized from what the actor
 reserved (`InferencePlan.threads`) before TensorFlow runs anything: it ignores
@@ -23,6 +24,10 @@ from poster_ray.resources import configure_tensorflow_threads, resolve_precision
 if TYPE_CHECKING:  # TensorFlow is imported by the actor, never by the driver.
     from poster_ray.tf_import import keras
 
+# `auto` keeps these bundles in float32 on bfloat16 CPUs: EfficientNet-Lite in bfloat16
+# kept the float32 top-1 genre on only 98.8% of 5,000 real posters (the tolerance is 99%)
+# and ran no faster on an AVX512_BF16 CPU (bench/infer_throughput.py, README).
+AUTO_FLOAT32_MODELS = ("efficientnet_lite0", "efficientnet_lite2")
 # Columns the actor adds for the driver only; the part files never hold them.
 CHUNK_COLUMN = "chunk"
 PRECISION_COLUMN = "precision"
@@ -33,6 +38,17 @@ def model_in_precision(model: keras.Model, precision: str) -> keras.Model:
     from poster_ray import models
 
     return model if precision == "float32" else models.with_precision(model, precision)
+
+
+def inference_precision(
+    requested: str, gpu: bool, model: str | None, native_bfloat16: bool | None = None
+) -> str:
+    """The precision an actor predicts in: `resolve_precision`, except that `auto` keeps
+    the models of AUTO_FLOAT32_MODELS in float32 where it would pick bfloat16."""
+    resolved = resolve_precision(requested, gpu, native_bfloat16)
+    if requested == "auto" and resolved == "bfloat16" and model in AUTO_FLOAT32_MODELS:
+        return "float32"
+    return resolved
 
 
 def has_gpu() -> bool:
@@ -50,7 +66,7 @@ class ModelActor:
         self.genres = loaded.genres
         self.thresholds = loaded.thresholds
         self.bundle_hash = loaded.info["content_hash"]
-        self.precision = resolve_precision(precision, gpu=has_gpu())
+        self.precision = inference_precision(precision, has_gpu(), loaded.info.get("model"))
         self.model = model_in_precision(loaded.model, self.precision)
         self.all_probabilities = all_probabilities
 
