@@ -165,7 +165,9 @@ def plan_workers(
     leave_for_tasks = min(leave_for_tasks, smallest / 2)
     if cpus_per_worker is None:
         free = smallest - NODE_HEADROOM_CPUS - leave_for_tasks
-        cpus_per_worker = math.floor(max(0.1, free / per_node) * 100) / 100
+        # Down to a hundredth, so that shares always fit (rounded first: 2 - 0.1 - 1.0
+        # is 0.8999... in floating point, which would floor to 0.89).
+        cpus_per_worker = math.floor(round(max(0.1, free / per_node) * 100, 6)) / 100
     fits = sum(
         min(
             int(node.cpus // cpus_per_worker),

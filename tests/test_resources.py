@@ -1,0 +1,110 @@
+"""Hardware decisions, each branch forced on any machine: native bfloat16 detection, the
+precision each worker resolves, and worker plans from the nodes of a cluster."""
+
+from __future__ import annotations
+
+import pytest
+
+from poster_ray.errors import PosterRayError
+from poster_ray.resources import (
+    Node,
+    WorkerPlan,
+    available_memory,
+    cpu_has_native_bfloat16,
+    plan_workers,
+    resolve_precision,
+)
+
+HEAD_WITHOUT_WORK = Node("head", cpus=0, gpus=0)  # cluster.yaml's head: CPU 0
+
+
+def cpu(count: float, gpus: float = 0, name: str = "node") -> Node:
+    return Node(f"{name}-{count}-{gpus}", cpus=count, gpus=gpus)
+
+
+@pytest.mark.parametrize(
+    ("flags", "native"),
+    [
+        ("fpu sse avx2 avx512f avx512_bf16 avx512_vnni", True),  # AMD Zen 4+, Intel Cooper Lake+
+        ("fpu avx512f amx_bf16 amx_tile amx_int8", True),  # Intel Sapphire Rapids+
+        ("fpu sse avx2 avx512f avx512_vnni", False),
+        ("", False),
+    ],
+)
+def test_native_bfloat16_comes_from_the_cpu_flags(flags, native):
+    assert cpu_has_native_bfloat16(f"processor : 0\nflags : {flags}\n") is native
+
+
+@pytest.mark.parametrize(
+    ("requested", "gpu", "native", "expected"),
+    [
+        ("auto", True, False, "float16"),
+        ("auto", False, True, "bfloat16"),
+        ("auto", False, False, "float32"),
+        ("bfloat16", False, False, "bfloat16"),  # forced: obeyed even where emulated
+        ("float32", True, True, "float32"),
+    ],
+)
+def test_each_worker_resolves_its_precision_from_its_hardware(requested, gpu, native, expected):
+    assert resolve_precision(requested, gpu, native) == expected
+
+
+def test_an_unknown_precision_is_refused():
+    with pytest.raises(PosterRayError, match="unknown precision 'int8'"):
+        resolve_precision("int8", False, True)
+
+
+def test_one_training_worker_per_node_each_with_what_its_node_has():
+    """The issue's cluster: two 16-CPU workers got 19.5 CPUs each from cluster totals."""
+    plan = plan_workers([HEAD_WITHOUT_WORK, cpu(16, name="a"), cpu(16, name="b")], "training")
+    assert plan == WorkerPlan(workers=2, cpus_per_worker=15.9, gpus_per_worker=0, threads=16)
+
+
+def test_a_head_with_cpus_counts_and_the_smallest_node_sets_the_share():
+    plan = plan_workers([cpu(8, name="head"), cpu(16, name="a"), cpu(16, name="b")], "training")
+    assert (plan.workers, plan.cpus_per_worker, plan.threads) == (3, 7.9, 8)
+
+
+def test_more_workers_than_nodes_share_a_node():
+    plan = plan_workers([cpu(2)], "training", workers=2)
+    assert (plan.workers, plan.cpus_per_worker, plan.threads) == (2, 0.95, 1)
+
+
+def test_tuning_trials_running_at_once_share_the_nodes():
+    plan = plan_workers([cpu(2)], "tuning", workers=1, groups=2)
+    assert (plan.workers, plan.cpus_per_worker) == (1, 0.95)
+
+
+def test_gpu_workers_are_one_per_gpu_on_the_gpu_nodes():
+    nodes = [HEAD_WITHOUT_WORK, cpu(4, gpus=1, name="g1"), cpu(4, gpus=1, name="g2"), cpu(16)]
+    plan = plan_workers(nodes, "training", gpu=True)
+    assert plan == WorkerPlan(workers=2, cpus_per_worker=3.9, gpus_per_worker=1, threads=4)
+
+
+def test_cpus_left_to_ray_data_tasks_are_still_the_actors_threads():
+    """Feature extraction leaves 1 CPU for the decode tasks feeding it; its actor's
+    TensorFlow still uses that core while the tasks are idle."""
+    plan = plan_workers([cpu(2)], "feature extraction", leave_for_tasks=1.0)
+    assert (plan.workers, plan.cpus_per_worker, plan.threads) == (1, 0.9, 2)
+
+
+@pytest.mark.parametrize(
+    ("nodes", "kwargs", "message"),
+    [
+        (
+            [cpu(16, name="a"), cpu(16, name="b")],
+            {"workers": 3, "cpus_per_worker": 16.0},
+            "training: 3 workers of 16 CPUs do not fit on the cluster's nodes",
+        ),
+        ([HEAD_WITHOUT_WORK], {}, "no Ray node with CPUs for training"),
+        ([cpu(16)], {"gpu": True}, "no Ray node with a GPU and CPUs for training"),
+        ([cpu(2)], {"workers": 0}, "training needs at least 1 worker"),
+    ],
+)
+def test_a_plan_no_node_can_hold_fails_in_one_line(nodes, kwargs, message):
+    with pytest.raises(PosterRayError, match=message):
+        plan_workers(nodes, "training", **kwargs)
+
+
+def test_available_memory_is_a_positive_byte_count():
+    assert available_memory() > 1 << 20
