@@ -98,8 +98,3 @@ def pack_images(images: np.ndarray) -> np.ndarray:
     tensor extension type (a nested list of uint8 values) for 250x250 posters.
     """
     return np.array([image.tobytes() for image in images], dtype=object)
-
-
-def unpack_images(blobs: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """N raw byte strings from the cache -> uint8 NxHxWx3."""
-    return np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(blobs), *spec.shape)

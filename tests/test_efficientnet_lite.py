@@ -26,7 +26,6 @@ from poster_ray.models.efficientnet_lite import (
     block_names,
     block_specs,
     build_efficientnet_lite,
-    freeze,
     load_state_dict,
     weights_file,
 )
@@ -355,26 +354,3 @@ def test_saved_model_reloads_in_safe_mode(lite0, tmp_path):
         reloaded.predict(image, verbose=0), lite0.predict(image, verbose=0)
     )
     assert block_names(reloaded) == [f"block{index}" for index in range(16)]
-
-
-def test_freeze_trains_only_the_last_blocks_and_the_head():
-    model = build_efficientnet_lite("lite0", image_size=64, weights=None)
-    freeze(model, 3)
-    trained = {layer.name.split("_")[0] for layer in model.layers if layer.trainable_weights}
-    assert trained == {"block13", "block14", "block15", "head"}
-    frozen_bn, trained_bn = model.get_layer("block12_project_bn"), model.get_layer("head_bn")
-    before = frozen_bn.moving_mean.numpy(), trained_bn.moving_mean.numpy()
-    model(np.full((2, 64, 64, 3), 200.0, np.float32), training=True)
-    np.testing.assert_array_equal(frozen_bn.moving_mean.numpy(), before[0])  # inference mode
-    assert not np.array_equal(trained_bn.moving_mean.numpy(), before[1])
-
-
-def test_freeze_checks_the_block_count():
-    model = build_efficientnet_lite("lite0", image_size=64, weights=None)
-    freeze(model, 16)
-    assert {layer.name for layer in model.layers if layer.weights and not layer.trainable} == {
-        "stem_conv",
-        "stem_bn",
-    }
-    with pytest.raises(PosterRayError, match="between 0 and 16"):
-        freeze(model, 17)

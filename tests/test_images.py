@@ -11,12 +11,12 @@ from PIL import Image
 from synthetic import make_poster, png_claiming_size
 
 from poster_ray.config import PreprocessSpec
+from poster_ray.data import unpack_arrays
 from poster_ray.images import (
     decode_files,
     decode_poster,
     pack_images,
     read_and_decode,
-    unpack_images,
 )
 
 SPEC = PreprocessSpec(image_size=32)
@@ -168,4 +168,4 @@ def test_pack_unpack_round_trip():
     blobs = pack_images(images)
     assert blobs.dtype == object
     assert all(isinstance(blob, bytes) and len(blob) == 32 * 32 * 3 for blob in blobs)
-    np.testing.assert_array_equal(unpack_images(blobs, SPEC), images)
+    np.testing.assert_array_equal(unpack_arrays(blobs, "uint8", SPEC.shape), images)

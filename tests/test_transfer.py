@@ -72,6 +72,17 @@ def test_efficientnet_lite_top_block_is_its_head_convolution():
     assert trainable == {"block15", "head"}
 
 
+def test_frozen_efficientnet_blocks_keep_their_batchnorm_statistics_in_fit():
+    base = transfer.build_backbone("efficientnet_lite0", 64, weights="none", trainable_blocks=4)
+    trained = {layer.name.split("_")[0] for layer in base.layers if layer.trainable_weights}
+    assert trained == {"block13", "block14", "block15", "head"}
+    frozen_bn, trained_bn = base.get_layer("block12_project_bn"), base.get_layer("head_bn")
+    before = frozen_bn.moving_mean.numpy(), trained_bn.moving_mean.numpy()
+    base(np.full((2, 64, 64, 3), 200, np.uint8), training=True)
+    np.testing.assert_array_equal(frozen_bn.moving_mean.numpy(), before[0])  # inference mode
+    assert not np.array_equal(trained_bn.moving_mean.numpy(), before[1])
+
+
 def test_trainable_blocks_out_of_range_is_a_user_error():
     with pytest.raises(PosterRayError, match="trainable_blocks must be between 0 and 5"):
         transfer.build_backbone("vgg16", 32, weights="none", trainable_blocks=6)

@@ -9,7 +9,7 @@ Like the other builders, the model takes RGB pixels 0..255 and scales them itsel
 (x - 127) / 128, what the Lite checkpoints were trained on.
 
 Layers are named ``stem_*``, ``block{i}_*`` (i = 0.. as in the state dict's ``_blocks.i``)
-and ``head_*``, so that blocks can be frozen from the top (``freeze``).
+and ``head_*``, so that blocks can be frozen from the top (``backbones.freeze_blocks``).
 """
 
 from __future__ import annotations
@@ -349,21 +349,3 @@ def block_names(model: keras.Model) -> list[str]:
         if layer.name.startswith("block")
     }
     return [f"block{index}" for index in sorted(indices)]
-
-
-def freeze(model: keras.Model, trainable_blocks: int) -> None:
-    """Train only the head conv/BN and the last ``trainable_blocks`` MBConv blocks.
-
-    Frozen layers include their BatchNorms, which tf-keras then runs in inference mode
-    (moving statistics, not the batch's) even in ``fit``, so frozen blocks stay as
-    pretrained however small the fine-tuning batches are. The stem is always frozen: to
-    train the whole network, do not call this.
-    """
-    blocks = block_names(model)
-    if not 0 <= trainable_blocks <= len(blocks):
-        raise PosterRayError(
-            f"trainable_blocks must be between 0 and {len(blocks)}, got {trainable_blocks}"
-        )
-    trainable = {"head", *blocks[len(blocks) - trainable_blocks :]}
-    for layer in model.layers:
-        layer.trainable = layer.name.split("_")[0] in trainable
