@@ -43,14 +43,15 @@ MODEL_CALIBRATED = "model @ calibrated"
 
 
 def predict_arrays(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Probabilities for uint8 images, one batch at a time.
+    """Probabilities for uint8 images, one batch at a time, with the model actors' traced
+    function (`models.inference_function`).
 
     Slicing here rather than in ``model.predict`` keeps Keras from copying the whole
     split into one tensor first.
     """
+    infer = models.inference_function(model)
     batches = [
-        model.predict_on_batch(images[start : start + batch_size])
-        for start in range(0, len(images), batch_size)
+        infer(images[start : start + batch_size]) for start in range(0, len(images), batch_size)
     ]
     if not batches:
         return np.zeros((0, model.output_shape[-1]), dtype=np.float32)

@@ -53,15 +53,17 @@ class FeatureExtractor:
     """A Ray actor holding the backbone: decoded posters in, pooled features out."""
 
     def __init__(self, backbone: str, image_size: int, weights: str, threads: int) -> None:
+        from poster_ray.models import inference_function
         from poster_ray.models.transfer import build_backbone
 
         resources.configure_tensorflow_threads(threads)
-        self.model = build_backbone(backbone, image_size, weights)
-        self.shape = self.model.input_shape[1:]
+        model = build_backbone(backbone, image_size, weights)
+        self.shape = model.input_shape[1:]
+        self.predict = inference_function(model)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = unpack_arrays(batch.pop("image"), "uint8", self.shape)
-        features = self.model.predict_on_batch(images).astype(FEATURES_DTYPE)
+        features = self.predict(images).astype(FEATURES_DTYPE)
         batch["features"] = np.array([row.tobytes() for row in features], dtype=object)
         return batch
 

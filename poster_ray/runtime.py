@@ -15,18 +15,21 @@ from poster_ray.storage import SUBMITTED_JOB_ENV_VAR
 SETUP_HOOK = "poster_ray.quiet_tensorflow.install_quiet_import"
 
 
-def init_ray(num_cpus: int | None = None) -> None:
+def init_ray(num_cpus: int | None = None, dashboard: bool = True) -> None:
     """Attach to the cluster a job runs in (RAY_ADDRESS), else start a local Ray.
 
     Idempotent, so a CLI command can call it and tests can start Ray first with a
     small CPU count. Every worker gets poster_ray's PROCESS_ENV; Ray's own logs stay at
-    WARNING on the console (the rest is in `ray_logs_dir()`).
+    WARNING on the console (the rest is in `ray_logs_dir()`). `dashboard=False` starts a
+    local Ray without its dashboard: 1.5 s less start-up and its processes' CPU, for
+    work that needs neither (Ray Train's cleanup uses the dashboard's state API).
     """
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "0")
     ray.init(
         num_cpus=num_cpus,
+        include_dashboard=dashboard,
         runtime_env=worker_runtime_env(),
         log_to_driver=True,
         logging_config=ray.LoggingConfig(encoding="TEXT", log_level="WARNING"),

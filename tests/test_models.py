@@ -103,6 +103,24 @@ def test_with_precision_keeps_the_weights_and_the_float32_head(name, precision):
     np.testing.assert_array_equal(back.predict(batch, verbose=0), trained.predict(batch, verbose=0))
 
 
+def test_inference_function_matches_predict_for_any_batch_size_and_from_threads():
+    """The traced function the model actors call: predict's outputs for every batch
+    size, and the same answers when two threads call it at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = models.build_custom_cnn(GENRES, image_size=CNN_SIZE, filters=(4, 4), dense_units=(8,))
+    images = pixels(70, CNN_SIZE)
+    expected = model.predict(images, verbose=0)
+    infer = models.inference_function(model)
+    for batch in (1, 5, 64):
+        got = infer(images[:batch])
+        assert got.shape == (batch, GENRES) and got.dtype == np.float32
+        np.testing.assert_allclose(got, expected[:batch], rtol=1e-5, atol=1e-6)
+    with ThreadPoolExecutor(2) as pool:
+        halves = list(pool.map(infer, [images[:35], images[35:]] * 4))
+    np.testing.assert_allclose(np.concatenate(halves[:2]), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_unknown_model_name_lists_the_choices():
     with pytest.raises(PosterRayError, match="custom_cnn, efficientnet_lite0"):
         models.build_model("resnet", 5, CNN_SIZE)

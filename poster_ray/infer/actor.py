@@ -62,19 +62,21 @@ class ModelActor:
 
     def __init__(self, bundle: str, threads: int, precision: str, all_probabilities: bool) -> None:
         self.threads = configure_tensorflow_threads(threads)
+        from poster_ray.models import inference_function
+
         loaded = load_bundle(bundle)
         self.genres = loaded.genres
         self.thresholds = loaded.thresholds
         self.bundle_hash = loaded.info["content_hash"]
         self.precision = inference_precision(precision, has_gpu(), loaded.info.get("model"))
-        self.model = model_in_precision(loaded.model, self.precision)
+        self.predict = inference_function(model_in_precision(loaded.model, self.precision))
         self.all_probabilities = all_probabilities
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         ok = batch["error"] == ""
         probabilities = np.zeros((len(ok), len(self.genres)), dtype=np.float32)
         if ok.any():
-            probabilities[ok] = np.asarray(self.model.predict_on_batch(batch["image"][ok]))
+            probabilities[ok] = self.predict(batch["image"][ok])
         table = rows_table(
             batch["path"],
             batch["error"],
