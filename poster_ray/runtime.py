@@ -21,7 +21,7 @@ def init_ray(num_cpus: int | None = None, dashboard: bool = True) -> None:
     Idempotent, so a CLI command can call it and tests can start Ray first with a
     small CPU count. Every worker gets poster_ray's PROCESS_ENV; Ray's own logs stay at
     WARNING on the console (the rest is in `ray_logs_dir()`). `dashboard=False` starts a
-    local Ray without its dashboard: 1.5 s less start-up and its processes' CPU, for
+    local Ray without its dashboard: less start-up and none of its processes' CPU, for
     work that needs neither (Ray Train's cleanup uses the dashboard's state API).
     """
     if ray.is_initialized():

@@ -34,8 +34,9 @@ from poster_ray.infer.progress import Progress
 from poster_ray.resources import Node, plan_workers
 
 # Rows per decode task, and so per model-actor task: each task costs Ray and Ray Data
-# tens of milliseconds across processes. On 2 cores, 20k posters of the 128 px CNN ran at
-# 700 img/s in blocks of 128 and 1000 in blocks of 256 (512: the same as 256).
+# work across processes. On 2 cores the 128 px CNN's model stage ran at 820 img/s in
+# blocks of 128, 1020 in 256 and 1050 in 512 (bench/infer_settings.py); 256 keeps a
+# block of 250 px posters under 50 MB.
 ROWS_PER_DECODE_TASK = 256
 # Decoded blocks a model actor may have waiting: enough to never starve it, few enough
 # that memory does not grow with the archive.

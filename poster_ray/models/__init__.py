@@ -128,8 +128,9 @@ def with_precision(model: keras.Model, precision: str) -> keras.Model:
 def inference_function(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
     """`model` on a batch of posters as one traced graph, for any batch size.
 
-    `predict_on_batch` rebuilds Keras' predict step around every call: on the 128 px CNN
-    that cost 20% more time per poster, on EfficientNet-Lite0 6% (batches of 64, 2 cores).
+    `predict_on_batch` rebuilds Keras' predict step around every call: this ran 1.11x its
+    rate on the 128 px CNN and 1.04x on EfficientNet-Lite0 (batches of 64, 2 cores;
+    bench/infer_settings.py).
     The traced function is also safe to call from several threads at once.
     """
     spec = tf.TensorSpec((None, *model.input_shape[1:]), model.inputs[0].dtype)
