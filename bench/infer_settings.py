@@ -32,7 +32,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from infer_throughput import build_bundle, cpu_info, link_posters, load_average, versions
+from infer_throughput import (
+    build_bundle,
+    cpu_info,
+    link_posters,
+    load_average,
+    timed_passes,
+    versions,
+)
 
 BATCH = 64
 # Run in a fresh process: the CLI's infer with another block size, then the model
@@ -74,15 +81,8 @@ def _model_calls(bundle: str, paths: list[str]) -> dict:
         "inference_function": lambda: [traced(batch) for batch in batches],
         "keras_predict": lambda: model.predict(pixels, batch_size=BATCH, verbose=0),
     }
-    rates: dict = {name: [] for name in ways}
-    for way in ways.values():
-        way()  # graphs built
-    for _ in range(5):
-        for name, way in ways.items():
-            started = time.perf_counter()
-            way()
-            rates[name].append(len(pixels) / (time.perf_counter() - started))
-    return {name: round(statistics.median(values), 1) for name, values in rates.items()}
+    runs = timed_passes(ways, len(pixels), passes=5)
+    return {name: round(statistics.median(rate for rate, _ in runs[name]), 1) for name in runs}
 
 
 def model_calls(bundle: Path, posters: list[Path], count: int) -> dict:

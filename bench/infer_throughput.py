@@ -175,15 +175,21 @@ def _predict(bundle: str, paths: list[str], precision: str, batch_size: int) -> 
         ],
         "keras_predict": lambda: model.predict(pixels, batch_size=batch_size, verbose=0),
     }
+    return timed_passes(ways, len(pixels), passes=3)
+
+
+def timed_passes(ways: dict, images: int, passes: int) -> dict[str, list[tuple[float, float]]]:
+    """Each way to predict once (graphs built), then `passes` timed passes of each,
+    interleaved so that a noisy moment hits every way: (images/s, CPU s per image)."""
     runs: dict = {name: [] for name in ways}
     for way in ways.values():
-        way()  # graphs built
-    for _ in range(3):
+        way()
+    for _ in range(passes):
         for name, way in ways.items():
             started, cpu_started = time.perf_counter(), time.process_time()
             way()
             elapsed, cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
-            runs[name].append((len(pixels) / elapsed, cpu_s / len(pixels)))
+            runs[name].append((images / elapsed, cpu_s / images))
     return runs
 
 
