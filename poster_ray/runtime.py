@@ -21,8 +21,9 @@ def init_ray(num_cpus: int | None = None, dashboard: bool = True) -> None:
     Idempotent, so a CLI command can call it and tests can start Ray first with a
     small CPU count. Every worker gets poster_ray's PROCESS_ENV; Ray's own logs stay at
     WARNING on the console (the rest is in `ray_logs_dir()`). `dashboard=False` starts a
-    local Ray without its dashboard: less start-up and none of its processes' CPU, for
-    work that needs neither (Ray Train's cleanup uses the dashboard's state API).
+    local Ray with its dashboard in the minimal mode (no web UI, none of its module
+    processes): less start-up and CPU, for work that needs neither (Ray Train's cleanup
+    uses the full dashboard's state API).
     """
     if ray.is_initialized():
         return

@@ -322,3 +322,34 @@ def test_a_crashed_model_actor_is_replaced_and_loses_no_rows(
     assert rows["path"].tolist() == resolve_inputs(source)
     failed = set(rows.loc[rows["status"] == "error", "id"])
     assert failed == {*BROKEN} - {"missing"} | {"readme"}  # the glob matches readme.txt too
+
+
+def test_a_standalone_job_starts_its_own_ray_with_a_minimal_dashboard(bundle, list_file, tmp_path):
+    """`poster-ray infer` in a fresh process, as an overnight job runs it: Ray is started
+    by the job itself (every other test shares the suite's Ray) with the dashboard in
+    Ray's minimal mode (none of its web UI's module processes), and the job completes."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    script = (
+        "import sys, ray\n"
+        "from poster_ray.cli import main\n"
+        "from poster_ray.runtime import ray_logs_dir\n"
+        "code = main(sys.argv[1:])\n"
+        "print('LOGS', ray_logs_dir())\n"
+        "sys.exit(code)\n"
+    )
+    argv = ["infer", str(bundle), "--input", str(list_file), "--output", str(out)]
+    finished = subprocess.run(
+        [sys.executable, "-c", script, *argv, "--num-cpus", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-2000:]
+    logs = Path(finished.stdout.split("LOGS ", 1)[1].split()[0])
+    assert (logs / "raylet.out").is_file()  # the job's own Ray session
+    assert not list(logs.glob("dashboard_*Head*.log"))  # a full dashboard writes 8 of them
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["files"] == summary["processed"] == len(resolve_inputs(str(list_file)))

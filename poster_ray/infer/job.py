@@ -78,7 +78,7 @@ def run_inference(
     )
     precisions: dict[str, int] = {}
     if todo:
-        init_ray(num_cpus, dashboard=False)  # the progress line says what it would
+        init_ray(num_cpus, dashboard=False)  # the progress line says what the UI would
         plan = plan_inference(alive_nodes(), workers, gpu, cpus_per_worker)
         spec = PreprocessSpec.load(bundle_location / PREPROCESS_FILE)
         dataset = inference_dataset(
