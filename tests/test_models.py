@@ -118,7 +118,8 @@ def test_inference_function_matches_predict_for_any_batch_size_and_from_threads(
         np.testing.assert_allclose(got, expected[:batch], rtol=1e-5, atol=1e-6)
     with ThreadPoolExecutor(2) as pool:
         halves = list(pool.map(infer, [images[:35], images[35:]] * 4))
-    np.testing.assert_allclose(np.concatenate(halves[:2]), expected, rtol=1e-5, atol=1e-6)
+    for first, second in zip(halves[::2], halves[1::2], strict=True):
+        np.testing.assert_allclose(np.concatenate([first, second]), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_unknown_model_name_lists_the_choices():
