@@ -143,27 +143,37 @@ def stage(name: str, what: str, started: float) -> None:
 
 def train_and_evaluate(result: PipelineResult, name: str, config: TrainConfig) -> None:
     from poster_ray import train
-    from poster_ray.evaluate import evaluate_model_dir, format_headline
 
+    reused = train.is_trained(result.run, name, config)
     out = train.train(result.run, name, config)
-    headline = evaluate_model_dir(out, result.run)
-    print(format_headline(headline, table=False))
-    result.models[name], result.headlines[name] = out, headline
+    record_evaluation(result, name, out, reused)
 
 
 def tune_and_evaluate(
     result: PipelineResult, name: str, base: TrainConfig, settings: TuneSettings
 ) -> None:
     from poster_ray import tune
-    from poster_ray.evaluate import evaluate_model_dir, format_headline
 
     # One worker per trial: a head on cached features gains nothing from more.
     trial = replace(base, early_stopping=0, workers=1, cpus_per_worker=None)
+    reused = tune.is_tuned(result.run.model(name), settings)
     out = tune.tune_model(result.run, name, trial, settings)
     print(tune.format_summary(out))
-    headline = evaluate_model_dir(out, result.run)
+    record_evaluation(result, name, out, reused)
+
+
+def record_evaluation(result: PipelineResult, name: str, model_dir: Location, reused: bool) -> None:
+    """Evaluate model `name` and print its verdict; a reused model keeps the evaluation and
+    bundle it already has, so predictions made with that bundle stay valid."""
+    from poster_ray.evaluate import evaluate_model_dir, format_headline
+
+    evaluated = (model_dir / "metrics.json").is_file() and (model_dir / "bundle").is_dir()
+    if reused and evaluated:
+        headline = (model_dir / "metrics.json").read_json()["headline"]
+    else:
+        headline = evaluate_model_dir(model_dir, result.run)
     print(format_headline(headline, table=False))
-    result.models[name], result.headlines[name] = out, headline
+    result.models[name], result.headlines[name] = model_dir, headline
 
 
 def best_on_validation(result: PipelineResult) -> str:
@@ -194,16 +204,32 @@ def infer_manifest(run: RunDir, bundle: Location, settings: PipelineSettings) ->
     hardware and in the precision the models trained with."""
     from poster_ray.infer import format_summary, run_inference
 
+    output = run.root / "predictions"
+    drop_stale_predictions(output, bundle)
     summary = run_inference(
         bundle.uri,
         run.manifest.uri,
-        (run.root / "predictions").uri,
+        output.uri,
         gpu=settings.pretrained.gpu,
         batch_size=settings.infer_batch_size,
         precision=settings.pretrained.precision,
     )
     print(format_summary(summary))
     return summary
+
+
+def drop_stale_predictions(output: Location, bundle: Location) -> None:
+    """The run's predictions are redone when its best model changed since they were made
+    (a changed setting retrained it): they describe a model the run no longer holds."""
+    from poster_ray.bundle import bundle_info
+    from poster_ray.infer.output import JOB_FILE
+
+    job_file = output / JOB_FILE
+    if not job_file.is_file():
+        return
+    if job_file.read_json().get("bundle_hash") != bundle_info(bundle).get("content_hash"):
+        print(f"{output} was made with another model: predicting again", flush=True)
+        output.remove()
 
 
 def format_result(result: PipelineResult) -> str:

@@ -9,6 +9,7 @@ same name, or a restarted worker, continues from the last one.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
@@ -38,8 +39,15 @@ SHUFFLE_BLOCK_ROWS = 32  # posters per block of a training shard: the unit of bl
 
 
 def train(run: RunDir, name: str, config: TrainConfig) -> Location:
-    """Train (or resume) run `name` on the prepared `run`; returns its model directory."""
+    """Train (or resume) run `name` on the prepared `run`; returns its model directory.
+
+    A model that `run` already holds from these settings is reused as it is: exporting it
+    again would make a new file, and so a new bundle that earlier predictions do not match.
+    """
     check_settings(config)
+    if is_trained(run, name, config):
+        print(f"reusing model {name!r}: trained before with these settings", flush=True)
+        return run.model(name)
     check_model_builds(run, config)
     config = place_workers(config)
     print(
@@ -52,6 +60,26 @@ def train(run: RunDir, name: str, config: TrainConfig) -> Location:
     if models.is_transfer(config.model) and config.fine_tune_blocks:
         out = fine_tune(run, name, config, out)
     return out
+
+
+# Settings that say where a run trained, not what it learned: a resubmission to another
+# cluster may place it differently and still reuse the model.
+PLACEMENT_SETTINGS = ("workers", "cpus_per_worker", "max_failures", "in_memory")
+
+
+def is_trained(run: RunDir, name: str, config: TrainConfig) -> bool:
+    """Whether model `name` of `run` was exported from `config` (its last export, after
+    fine-tuning where `config` fine-tunes)."""
+    recorded_file = run.model(name) / "train_config.json"
+    if not (run.model(name) / MODEL_FILE).is_file() or not recorded_file.is_file():
+        return False
+    if models.is_transfer(config.model) and config.fine_tune_blocks:
+        config = fine_tune_config(config)
+    recorded = recorded_file.read_json()
+    wanted = json.loads(json.dumps(asdict(config)))  # as it reads back from the file
+    return all(
+        recorded.get(key) == value for key, value in wanted.items() if key not in PLACEMENT_SETTINGS
+    )
 
 
 def fit(
@@ -91,9 +119,7 @@ def fine_tune(run: RunDir, name: str, config: TrainConfig, head_dir: Location) -
         head_weights = models.load_model(path).get_layer("head").get_weights()
     keras.backend.clear_session()
     history = (head_dir / HISTORY_FILE).read_json()
-    tuned = replace(
-        config, epochs=config.fine_tune_epochs, learning_rate=config.fine_tune_learning_rate
-    )
+    tuned = fine_tune_config(config)
     print(
         f"fine-tuning the top {config.fine_tune_blocks} block(s) of {config.model} for up to "
         f"{tuned.epochs} epochs",
@@ -101,6 +127,13 @@ def fine_tune(run: RunDir, name: str, config: TrainConfig, head_dir: Location) -
     )
     data = load_training_data(run, tuned, features=False)
     return fit(run, name, tuned, data, f"{name}-fine-tune", history, head_weights)
+
+
+def fine_tune_config(config: TrainConfig) -> TrainConfig:
+    """The settings of the fine-tuning run that follows the head's training."""
+    return replace(
+        config, epochs=config.fine_tune_epochs, learning_rate=config.fine_tune_learning_rate
+    )
 
 
 @dataclass(frozen=True)

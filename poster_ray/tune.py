@@ -61,6 +61,9 @@ def tune_model(
     check_start_points(run, base, models.SEARCH_SPACES[base.model], start_points)
     experiment = run.ray_storage / name
     check_same_experiment(experiment, base, settings)
+    if is_tuned(run.model(name), settings):
+        print(f"reusing model {name!r}: tuned before with these settings", flush=True)
+        return run.model(name)
     # Trials at once share the nodes, or they would queue.
     base = train.place_workers(base, groups=settings.concurrency)
     data = train.load_training_data(run, base)
@@ -174,6 +177,15 @@ def check_same_experiment(experiment: Location, base: TrainConfig, settings: Tun
             )
         return
     saved_file.write_json(wanted)
+
+
+def is_tuned(model_dir: Location, settings: TuneSettings) -> bool:
+    """Whether `model_dir` holds the export of a finished experiment with `settings` (the
+    experiment's own settings were checked against the ones it started with)."""
+    summary_file = model_dir / "tuning.json"
+    if not summary_file.is_file():
+        return False
+    return summary_file.read_json().get("settings") == json.loads(json.dumps(asdict(settings)))
 
 
 def make_trainable(

@@ -4,8 +4,8 @@ The tiny profile runs every stage (prepare, train the CNN and the pretrained mod
 evaluate, tune, compare, predict the samples, bulk inference). A head and a second
 raylet on loopback, token authentication on, a local S3 server: the dataset and the run
 directory (checkpoints, caches, bundles, predictions) live in the bucket, the job goes
-through `ray job submit` as the README says, and a resubmitted bulk inference over the
-same inputs must add nothing.
+through `ray job submit` as the README says, and the same job submitted again reuses every
+model and adds no prediction.
 """
 
 from __future__ import annotations
@@ -95,18 +95,10 @@ def cluster_run(tmp_path_factory):
         )
         data = upload(cluster, dataset, "dataset")
         run = cluster.s3_uri(BUCKET, "run")
-        job = submit(cluster, "jobs/pipeline.py", "--profile", "tiny", "--data", data, "--out", run)
+        pipeline = ("jobs/pipeline.py", "--profile", "tiny", "--data", data, "--out", run)
+        job = submit(cluster, *pipeline)
         before = keys(cluster, "run/")
-        bundle = f"{run}/models/{job_best_model(job.logs)}/bundle"
-        rerun = submit(
-            cluster,
-            "jobs/batch_infer.py",
-            bundle,
-            "--input",
-            f"{run}/manifest.parquet",
-            "--output",
-            f"{run}/predictions",
-        )
+        rerun = submit(cluster, *pipeline)  # a resubmission of the finished pipeline
         parts = sorted(key for key in before if key.startswith("run/predictions/part-"))
         yield {
             "job": job,
@@ -120,11 +112,6 @@ def cluster_run(tmp_path_factory):
         }
     # Teardown stopped exactly what the cluster started.
     assert cluster.leftovers == [] and not any(record.alive() for record in cluster.processes)
-
-
-def job_best_model(logs: str) -> str:
-    line = next(line for line in logs.splitlines() if line.startswith("predictions by "))
-    return line.split()[2]
 
 
 def test_the_cluster_requires_its_token(cluster_run):
@@ -171,9 +158,17 @@ def test_training_workers_ran_on_both_nodes(cluster_run):
     assert (last["workers"], last["workers_on_node"]) == (2, 1)
 
 
-def test_a_resubmitted_inference_adds_no_row(cluster_run):
-    assert "0 to run" in cluster_run["rerun"].logs
-    parts = {key for key in cluster_run["before"] if key.startswith("run/predictions/part-")}
-    assert {key: cluster_run["after"][key] for key in parts} == {
-        key: cluster_run["before"][key] for key in parts
+def test_a_resubmitted_pipeline_reuses_its_models_and_adds_no_row(cluster_run):
+    logs = cluster_run["rerun"].logs
+    for name in ("custom_cnn", "efficientnet_lite0", "tuned_efficientnet_lite0"):
+        assert f"reusing model {name!r}" in logs
+    assert "0 to run" in logs
+    kept = {
+        key
+        for key in cluster_run["before"]
+        if key.startswith("run/predictions/part-") or "/bundle/" in key
+    }
+    assert any("/bundle/" in key for key in kept)
+    assert {key: cluster_run["after"][key] for key in kept} == {
+        key: cluster_run["before"][key] for key in kept
     }

@@ -10,7 +10,7 @@ import pytest
 from poster_ray.config import RunDir
 from poster_ray.errors import PosterRayError
 from poster_ray.infer import job
-from poster_ray.pipeline import PROFILES, infer_manifest, profile_settings
+from poster_ray.pipeline import PROFILES, drop_stale_predictions, infer_manifest, profile_settings
 from poster_ray.storage import Location
 
 
@@ -41,3 +41,16 @@ def test_bulk_inference_runs_in_the_precision_and_on_the_hardware_asked_for(tmp_
     settings = replace(settings, pretrained=replace(settings.pretrained, precision="float32"))
     infer_manifest(RunDir(tmp_path), Location.of(tmp_path / "bundle"), settings)
     assert calls == [{"gpu": False, "batch_size": 64, "precision": "float32"}]
+
+
+def test_predictions_of_a_model_the_run_no_longer_holds_are_redone(tmp_path):
+    bundle, output = tmp_path / "bundle", tmp_path / "predictions"
+    bundle.mkdir()
+    output.mkdir()
+    (bundle / "bundle.json").write_text('{"content_hash": "new"}')
+    (output / "_job.json").write_text('{"bundle_hash": "new"}')
+    drop_stale_predictions(Location.of(output), Location.of(bundle))
+    assert output.is_dir()  # made by this bundle: kept, and inference resumes it
+    (output / "_job.json").write_text('{"bundle_hash": "old"}')
+    drop_stale_predictions(Location.of(output), Location.of(bundle))
+    assert not output.exists()

@@ -85,6 +85,16 @@ def test_the_model_learns_genre_colours(run, trained):
     assert bundle.spec == PreprocessSpec(32)
 
 
+def test_a_model_trained_with_the_same_settings_is_reused_not_exported_again(run, trained, capsys):
+    exported = (trained / "model.keras").read_bytes()
+    # Placement is not part of what a model learned: a resubmission may place it otherwise.
+    assert train.train(run, "tiny", replace(TINY, workers=1, max_failures=0)) == trained
+    assert "reusing model 'tiny'" in capsys.readouterr().out
+    assert (trained / "model.keras").read_bytes() == exported
+    assert not train.is_trained(run, "tiny", replace(TINY, learning_rate=1e-2))
+    assert not train.is_trained(run, "other", TINY)
+
+
 def test_rerun_with_the_same_name_resumes_from_the_last_checkpoint(run, trained):
     before = history_of(trained)
     resumed = train.train(run, "tiny", replace(TINY, epochs=6))
