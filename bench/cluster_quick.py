@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from loopback_cluster import LoopbackCluster  # noqa: E402
 
-from poster_ray import PROCESS_ENV  # noqa: E402
+from poster_ray.runtime import PROCESS_ENV  # noqa: E402
 
 BUCKET = "poster-ray"
 

@@ -22,6 +22,7 @@ import ray
 from poster_ray.config import PreprocessSpec
 from poster_ray.data import all_cpus_to_one_operator, decode_dataset
 from poster_ray.images import decode_files
+from poster_ray.runtime import init_ray
 
 
 def pil_loop(paths: np.ndarray, spec: PreprocessSpec) -> float:
@@ -56,8 +57,7 @@ def main() -> None:
     spec = PreprocessSpec(args.image_size)
     paths = np.array(sorted(str(p) for p in Path(args.data, "Images").glob("*.jpg")))[: args.limit]
     started = time.perf_counter()
-    ray.init(num_cpus=None, logging_level="WARNING")
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    init_ray(progress_bars=False)
     ray_start = time.perf_counter() - started
     ray_data(paths[:64], spec)  # start the worker processes once, as a running job has them
 

@@ -115,7 +115,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_infer(args: argparse.Namespace) -> None:
-    from poster_ray.infer import format_summary, run_inference
+    from poster_ray.infer import format_inference_summary, run_inference
 
     summary = run_inference(
         args.bundle,
@@ -129,7 +129,7 @@ def cmd_infer(args: argparse.Namespace) -> None:
         precision=args.precision,
         cpus_per_worker=args.cpus_per_worker,
     )
-    print(format_summary(summary))
+    print(format_inference_summary(summary))
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:

@@ -272,11 +272,6 @@ def all_cpus_to_one_operator():
     return data_context(op_resource_reservation_enabled=False)
 
 
-def without_progress_bars():
-    """Build datasets without progress bars (a dataset keeps the context it was made in)."""
-    return data_context(enable_progress_bars=False)
-
-
 def _decode_batch(batch: dict[str, np.ndarray], spec: PreprocessSpec) -> dict[str, np.ndarray]:
     images, batch["error"] = decode_files(batch["path"], spec)
     batch["image"] = pack_images(images)

@@ -57,6 +57,7 @@ class FeatureExtractor:
         from poster_ray.models.transfer import build_backbone
 
         resources.configure_tensorflow_threads(threads)
+        resources.prepare_tensorflow_gpus()
         model = build_backbone(backbone, image_size, weights)
         self.shape = model.input_shape[1:]
         self.predict = inference_function(model)

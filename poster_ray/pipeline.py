@@ -202,7 +202,7 @@ def predict_samples(bundle: Location, posters: list[str]) -> list[dict]:
 def infer_manifest(run: RunDir, bundle: Location, settings: PipelineSettings) -> dict:
     """Bulk inference over every prepared poster (the manifest has a path column), on the
     hardware and in the precision the models trained with."""
-    from poster_ray.infer import format_summary, run_inference
+    from poster_ray.infer import format_inference_summary, run_inference
 
     output = run.root / "predictions"
     drop_stale_predictions(output, bundle)
@@ -214,7 +214,7 @@ def infer_manifest(run: RunDir, bundle: Location, settings: PipelineSettings) ->
         batch_size=settings.infer_batch_size,
         precision=settings.pretrained.precision,
     )
-    print(format_summary(summary))
+    print(format_inference_summary(summary))
     return summary
 
 

@@ -84,6 +84,36 @@ def configure_tensorflow_threads(cpus: float) -> int:
     return threads
 
 
+def prepare_tensorflow_gpus(tf_config=None, reserved: int | None = None) -> int:
+    """Make the GPUs this process sees take memory as they need it; returns their count.
+
+    By default TensorFlow reserves most of each visible GPU's memory at first use, so a
+    second process on the same GPU would fail. Must run before TensorFlow first uses a
+    device. A process that reserved GPUs from Ray (`reserved`, default: Ray's count for
+    it) but sees none fails here: TensorFlow logs a CUDA failure and carries on on the
+    CPU, and its log level hides that line. `tf_config` defaults to `tf.config`; tests
+    pass a stand-in with GPUs.
+    """
+    if tf_config is None:
+        from poster_ray.tf_import import tf
+
+        tf_config = tf.config
+    if reserved is None:
+        import ray
+
+        reserved = len(ray.get_gpu_ids()) if ray.is_initialized() else 0
+    gpus = tf_config.list_physical_devices("GPU")
+    if reserved and not gpus:
+        raise PosterRayError(
+            f"this process reserved {reserved} GPU(s) but TensorFlow sees none "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}): CUDA failed "
+            "to start; rerun with TF_CPP_MIN_LOG_LEVEL=0 to see TensorFlow's reason"
+        )
+    for gpu in gpus:
+        tf_config.experimental.set_memory_growth(gpu, True)
+    return len(gpus)
+
+
 def available_memory() -> int:
     """Bytes this node can still hand out: Linux's MemAvailable (free memory and
     reclaimable cache), else the free pages."""

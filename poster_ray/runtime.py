@@ -1,57 +1,159 @@
-"""Starting Ray the same way from the CLI, jobs and tests."""
+"""Process set-up, in one place: where Ray starts.
+
+`import poster_ray` changes nothing in a process. Every entry point (the CLI, `jobs/`,
+the pipeline, bulk inference, the benchmarks, the tests) starts or joins Ray through
+`init_ray`, which sets what the driver needs and hands every worker the same through
+the job's runtime_env: environment variables, Ray's log level, the progress-bar policy,
+GPU visibility and TensorFlow's quiet start-up.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import ray
 
-from poster_ray import PROCESS_ENV
-from poster_ray.storage import SUBMITTED_JOB_ENV_VAR
+from poster_ray.quiet_tensorflow import TENSORFLOW_ENV, install_filtered_tensorflow_import
 
-# Run in every worker process before anything else: TensorFlow's first import, quiet.
-SETUP_HOOK = "poster_ray.quiet_tensorflow.install_quiet_import"
+# What the driver and every Ray worker need in their environment. The driver keeps a
+# value the user set; workers get the driver's value, so exporting one (say
+# TF_CPP_MIN_LOG_LEVEL=0 to debug) reaches them too. The README's `ray job submit`
+# command passes these as the job's env_vars.
+PROCESS_ENV = {
+    **TENSORFLOW_ENV,
+    # Ray Data's per-dataset INFO lines (plans, "execution finished") from every process;
+    # its progress bars are not logging and stay.
+    "RAY_DATA_LOG_LEVEL": "WARNING",
+    # Ray Train re-routes workers' print() through its logger, which printed each of
+    # our epoch lines twice.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    # Tune's new output engine prints its tables even when asked to be silent.
+    "RAY_AIR_NEW_OUTPUT": "0",
+    # Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for a task or actor that reserves no GPU
+    # (ray#54868), so a CPU-only TensorFlow process would see, and by default fill, every
+    # GPU of its node. This restores "no GPU reserved: none visible". Read by each worker.
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1",
+}
+# What workers alone get. Deprecation notices from inside Ray and TensorFlow, which users
+# cannot act on, printed once per worker process; the driver's own warnings are the
+# importing program's business and stay as it set them.
+WORKER_ONLY_ENV = {"PYTHONWARNINGS": "ignore::DeprecationWarning"}
+# Ray Data's switch of its progress bars in processes that build a DataContext afresh
+# (Tune trials, Train workers); the driver's own is set on its context.
+PROGRESS_BARS_ENV_VAR = "RAY_DATA_DISABLE_PROGRESS_BARS"
+# Run in every worker process before anything else.
+WORKER_SETUP_HOOK = "poster_ray.runtime.set_up_worker_process"
 
 
-def init_ray(num_cpus: int | None = None, dashboard: bool = True) -> None:
+def init_ray(
+    num_cpus: int | None = None, dashboard: bool = True, progress_bars: bool = True
+) -> None:
     """Attach to the cluster a job runs in (RAY_ADDRESS), else start a local Ray.
 
-    Idempotent, so a CLI command can call it and tests can start Ray first with a
-    small CPU count. Every worker gets poster_ray's PROCESS_ENV; Ray's own logs stay at
-    WARNING on the console (the rest is in `ray_logs_dir()`). `dashboard=False` starts a
-    local Ray with its dashboard in the minimal mode (no web UI, none of its module
-    processes): less start-up and CPU, for work that needs neither (Ray Train's cleanup
-    uses the full dashboard's state API).
+    Idempotent, so a CLI command can call it and tests can start Ray first with a small
+    CPU count and no progress bars. Ray's own logs stay at WARNING on the console (the
+    rest is in `ray_logs_dir()`). `dashboard=False` starts a local Ray with its dashboard
+    in the minimal mode (no web UI, none of its module processes): less start-up and
+    CPU, for work that needs neither (Ray Train's cleanup uses the full dashboard's
+    state API).
     """
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "0")
+    for key, value in PROCESS_ENV.items():
+        os.environ.setdefault(key, value)  # before ray.init: a local raylet inherits them
+    # Ray Data read RAY_DATA_LOG_LEVEL when it was imported, maybe before this ran.
+    logging.getLogger("ray.data").setLevel(os.environ["RAY_DATA_LOG_LEVEL"])
+    hide_progress_bars_off_notice()
     ray.init(
         num_cpus=num_cpus,
         include_dashboard=dashboard,
-        runtime_env=worker_runtime_env(),
+        runtime_env=worker_runtime_env(progress_bars),
         log_to_driver=True,
         logging_config=ray.LoggingConfig(encoding="TEXT", log_level="WARNING"),
     )
-    ray.data.DataContext.get_current().enable_progress_bars = True
+    ray.data.DataContext.get_current().enable_progress_bars = progress_bars
 
 
-def worker_runtime_env() -> dict:
+def worker_env(progress_bars: bool = True) -> dict[str, str]:
+    """Every worker's environment variables: PROCESS_ENV as the driver holds it, the
+    workers' own, and the progress-bar policy."""
+    return {
+        **{key: os.environ.get(key, value) for key, value in PROCESS_ENV.items()},
+        **WORKER_ONLY_ENV,
+        PROGRESS_BARS_ENV_VAR: "0" if progress_bars else "1",
+    }
+
+
+def worker_runtime_env(progress_bars: bool = True) -> dict:
     """What every worker needs that the job's own runtime_env does not already give.
 
     Ray refuses a driver runtime_env that repeats a field or variable of the one a job
     was submitted with (`ray job submit --runtime-env-json`), so only the rest is added.
     """
-    given = json.loads(os.environ.get(SUBMITTED_JOB_ENV_VAR, "{}")).get("runtime_env") or {}
+    given = submitted_job_runtime_env() or {}
+    given_env = given.get("env_vars") or {}
     env_vars = {
-        key: value for key, value in PROCESS_ENV.items() if key not in (given.get("env_vars") or {})
+        key: value for key, value in worker_env(progress_bars).items() if key not in given_env
     }
-    extra = {"env_vars": env_vars} if env_vars else {}
+    extra: dict = {"env_vars": env_vars} if env_vars else {}
     if "worker_process_setup_hook" not in given:
-        extra["worker_process_setup_hook"] = SETUP_HOOK
+        extra["worker_process_setup_hook"] = WORKER_SETUP_HOOK
     return extra
+
+
+def submitted_job_runtime_env() -> dict | None:
+    """The runtime_env this driver's job was submitted with (`ray job submit`), or None
+    when this process is not the driver of a submitted job.
+
+    Ray's job supervisor hands the job's config to the driver in an environment variable
+    of its own; the public `ray.get_runtime_context().runtime_env` only exists once
+    `ray.init` has run, and `init_ray` needs it before (to pass only what the job lacks),
+    as does a path resolved before Ray starts (`storage.absolute`). So this one function
+    reads Ray's internal variable (ray/_private/runtime_env/constants.py).
+    """
+    config = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if config is None:
+        return None
+    return json.loads(config).get("runtime_env") or {}
+
+
+def set_up_worker_process() -> None:
+    """Every Ray worker's set-up, before it runs anything (the runtime_env's
+    worker_process_setup_hook): TensorFlow's quiet first import, whoever makes it (Ray
+    itself imports TensorFlow in Train's controller and workers), and Ray Data's notice."""
+    install_filtered_tensorflow_import()
+    hide_progress_bars_off_notice()
+
+
+def hide_progress_bars_off_notice() -> None:
+    """Ray Data's WARNING "Progress bars disabled", once per process that runs a dataset
+    where we turned its bars off (training workers; bulk inference, which shows its own
+    line).
+
+    Ray has no switch for this notice (no Ray issue asks for one; it is logged in
+    ray/data/_internal/progress/__init__.py, get_progress_manager), so its logger's
+    internal name is set here, the one place that names it; Ray Data's other warnings stay.
+    """
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
+@contextmanager
+def without_progress_bars() -> Iterator[None]:
+    """Build datasets without progress bars (a dataset keeps the context it was made in):
+    for datasets that training workers iterate, whose per-epoch lines say more, and for
+    bulk inference, which prints its own line."""
+    context = ray.data.DataContext.get_current()
+    previous = context.enable_progress_bars
+    context.enable_progress_bars = False
+    try:
+        yield
+    finally:
+        context.enable_progress_bars = previous
 
 
 def ray_logs_dir() -> Path | None:

@@ -31,8 +31,6 @@ from poster_ray.errors import PosterRayError
 # Relative paths in a job submitted with `ray job submit` resolve against this base (a
 # URI or a path on shared storage): the job's working directory is a temporary copy.
 STORAGE_ENV_VAR = "POSTER_RAY_STORAGE"
-# Ray sets this for the driver of a submitted job.
-SUBMITTED_JOB_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 def is_uri(path: str) -> bool:
@@ -51,7 +49,9 @@ def absolute(path: str | os.PathLike) -> str:
         return text.rstrip("/")
     if os.path.isabs(text):
         return os.path.normpath(text)
-    if SUBMITTED_JOB_ENV_VAR in os.environ:
+    from poster_ray.runtime import submitted_job_runtime_env  # Ray, only when needed
+
+    if submitted_job_runtime_env() is not None:
         base = os.environ.get(STORAGE_ENV_VAR)
         if not base:
             raise PosterRayError(

@@ -57,6 +57,7 @@ def train_loop_per_worker(config: dict) -> None:
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     resources.configure_tensorflow_threads(config["cpus_per_worker"])
+    resources.prepare_tensorflow_gpus()
     precision = resources.resolve_precision(config["precision"], config["gpu"])
     # Keras 3 fails under MultiWorkerMirroredStrategy with 2+ workers (keras#20585); Ray
     # sets TF_USE_LEGACY_KERAS=1 on workers and poster_ray builds with tf-keras, which works.

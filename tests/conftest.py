@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -13,18 +12,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from synthetic import make_dataset  # noqa: E402
 
-os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
-
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """Start a 2-CPU local Ray once; CLI calls reuse it (init_ray is idempotent)."""
+    """Start a 2-CPU local Ray without progress bars once; CLI calls reuse it (init_ray
+    is idempotent)."""
     import ray
 
     from poster_ray.runtime import init_ray
 
-    init_ray(num_cpus=2)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    init_ray(num_cpus=2, progress_bars=False)
     yield
     ray.shutdown()
 

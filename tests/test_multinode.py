@@ -20,7 +20,7 @@ import pytest
 from loopback_cluster import BIN_DIR, LoopbackCluster, auth_rejected
 from synthetic import make_dataset, make_poster
 
-from poster_ray import PROCESS_ENV
+from poster_ray.runtime import PROCESS_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 BUCKET = "poster-ray"

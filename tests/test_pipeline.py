@@ -36,7 +36,7 @@ def test_an_unknown_profile_is_refused(tmp_path):
 def test_bulk_inference_runs_in_the_precision_and_on_the_hardware_asked_for(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(job, "run_inference", lambda *args, **kwargs: calls.append(kwargs))
-    monkeypatch.setattr(job, "format_summary", lambda summary: "")
+    monkeypatch.setattr(job, "format_inference_summary", lambda summary: "")
     settings = profile_settings("quick", str(tmp_path))
     settings = replace(settings, pretrained=replace(settings.pretrained, precision="float32"))
     infer_manifest(RunDir(tmp_path), Location.of(tmp_path / "bundle"), settings)

@@ -75,8 +75,7 @@ def tuned(run: RunDir, tmp_path_factory) -> dict:
     ray.shutdown()
     from poster_ray.runtime import init_ray
 
-    init_ray(num_cpus=2)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    init_ray(num_cpus=2, progress_bars=False)
     home = Path.cwd()
     os.chdir(run.root.parent)  # and from a relative path, as users type it
     try:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "format_summary", "run_inference"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "format_inference_summary", "run_inference"]
 
 
 def __getattr__(name: str) -> Any:

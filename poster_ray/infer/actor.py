@@ -19,7 +19,11 @@ import pyarrow as pa
 
 from poster_ray.bundle import load_bundle
 from poster_ray.infer.rows import rows_table
-from poster_ray.resources import configure_tensorflow_threads, resolve_precision
+from poster_ray.resources import (
+    configure_tensorflow_threads,
+    prepare_tensorflow_gpus,
+    resolve_precision,
+)
 
 if TYPE_CHECKING:  # TensorFlow is imported by the actor, never by the driver.
     from poster_ray.tf_import import keras
@@ -51,24 +55,19 @@ def inference_precision(
     return resolved
 
 
-def has_gpu() -> bool:
-    from poster_ray.tf_import import tf
-
-    return bool(tf.config.list_physical_devices("GPU"))
-
-
 class ModelActor:
     """Decoded batches (path, chunk, image, error) in, output rows (+ chunk) out."""
 
     def __init__(self, bundle: str, threads: int, precision: str, all_probabilities: bool) -> None:
         self.threads = configure_tensorflow_threads(threads)
+        gpus = prepare_tensorflow_gpus()
         from poster_ray.models import inference_function
 
         loaded = load_bundle(bundle)
         self.genres = loaded.genres
         self.thresholds = loaded.thresholds
         self.bundle_hash = loaded.info["content_hash"]
-        self.precision = inference_precision(precision, has_gpu(), loaded.info.get("model"))
+        self.precision = inference_precision(precision, gpus > 0, loaded.info.get("model"))
         self.predict = inference_function(model_in_precision(loaded.model, self.precision))
         self.all_probabilities = all_probabilities
 

@@ -15,7 +15,12 @@ from poster_ray.config import PreprocessSpec
 from poster_ray.errors import PosterRayError
 from poster_ray.infer.inputs import chunk_bounds, resolve_inputs
 from poster_ray.infer.output import OutputFolder, job_record
-from poster_ray.infer.pipeline import ChunkWriter, inference_dataset, plan_inference, run_pipeline
+from poster_ray.infer.pipeline import (
+    ChunkWriter,
+    inference_dataset,
+    plan_inference,
+    run_inference_dataset,
+)
 from poster_ray.infer.progress import Progress
 from poster_ray.infer.rows import output_schema
 from poster_ray.resources import PRECISIONS, alive_nodes
@@ -95,7 +100,7 @@ def run_inference(
             folder, {chunk: stop - start for chunk, start, stop in todo}, schema, progress
         )
         try:
-            run_pipeline(dataset, writer)
+            run_inference_dataset(dataset, writer)
         finally:
             progress.finish()  # also when stopped: the last figures, and a terminal's newline
         precisions = dict(writer.precisions)
@@ -150,7 +155,7 @@ def summarize(folder: OutputFolder, num_chunks: int, processed: int, wall_s: flo
     }
 
 
-def format_summary(summary: dict) -> str:
+def format_inference_summary(summary: dict) -> str:
     """The job's last lines: totals over the output folder, then this run's speed."""
     used = ", ".join(f"{name} ({rows} rows)" for name, rows in summary["precision"]["rows"].items())
     return (

@@ -32,6 +32,7 @@ from poster_ray.infer.decode import decode_batch
 from poster_ray.infer.output import OutputFolder, part_name
 from poster_ray.infer.progress import Progress
 from poster_ray.resources import Node, plan_workers
+from poster_ray.runtime import without_progress_bars
 
 # Rows per decode task, and so per model-actor task: each task costs Ray and Ray Data
 # work across processes. On 2 cores the 128 px CNN's model stage ran at 820 img/s in
@@ -102,24 +103,23 @@ def plan_inference(
 
 
 @contextlib.contextmanager
-def dataset_settings(object_store_bytes: int) -> Iterator[None]:
-    """Build datasets (each keeps the context it was made in) without progress bars (the
-    job shows its own line) and holding at most `object_store_bytes` in the object store.
+def object_store_budget(object_store_bytes: int) -> Iterator[None]:
+    """Build datasets (each keeps the context it was made in) holding at most
+    `object_store_bytes` in the object store.
 
     Ray Data's default budget is a fraction of the whole object store: gigabytes, which
     decode tasks faster than the model would fill, so peak memory grew with the archive.
     """
     context = ray.data.DataContext.get_current()
-    previous = context.enable_progress_bars, context.execution_options
-    context.enable_progress_bars = False
-    context.execution_options = copy.deepcopy(previous[1])
+    previous = context.execution_options
+    context.execution_options = copy.deepcopy(previous)
     context.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(
         object_store_memory=object_store_bytes
     )
     try:
         yield
     finally:
-        context.enable_progress_bars, context.execution_options = previous
+        context.execution_options = previous
 
 
 def inference_dataset(
@@ -135,7 +135,8 @@ def inference_dataset(
     num_blocks = max(1, math.ceil(len(records) / ROWS_PER_DECODE_TASK))
     block_bytes = ROWS_PER_DECODE_TASK * math.prod(spec.shape)
     queue_bytes = max(QUEUE_FLOOR_BYTES, QUEUED_BLOCKS * block_bytes * plan.max_actors)
-    with dataset_settings(queue_bytes):
+    # No progress bars: the job shows its own line.
+    with without_progress_bars(), object_store_budget(queue_bytes):
         items = ray.data.from_items(records.to_dict("records"), override_num_blocks=num_blocks)
         decoded = items.map_batches(
             decode_batch, fn_kwargs={"spec": spec}, batch_size=None, num_cpus=plan.decode_cpus
@@ -205,7 +206,7 @@ class ChunkWriter:
             )
 
 
-def run_pipeline(dataset: ray.data.Dataset, writer: ChunkWriter) -> None:
+def run_inference_dataset(dataset: ray.data.Dataset, writer: ChunkWriter) -> None:
     """Stream the dataset's rows into the writer; a failed commit stops the actors at once."""
     batches = dataset.iter_batches(batch_size=None, batch_format="pyarrow")
     with contextlib.closing(iter(batches)) as stream:
