@@ -96,7 +96,7 @@ def build_bundle(image_size: int, dataset: Path, folder: Path) -> Path:
     from poster_ray import models
     from poster_ray.bundle import write_bundle
     from poster_ray.config import PreprocessSpec
-    from poster_ray.data import genres_from_header
+    from poster_ray.data.labels import genres_from_header
 
     with open(dataset / "train.csv", newline="") as file:
         genres = genres_from_header(next(csv.reader(file)))

@@ -20,7 +20,8 @@ import pandas as pd
 import ray
 
 from poster_ray.config import PreprocessSpec
-from poster_ray.data import all_cpus_to_one_operator, decode_dataset
+from poster_ray.data.cache import decode_dataset
+from poster_ray.data.context import all_cpus_to_one_operator
 from poster_ray.images import decode_files
 from poster_ray.runtime import init_ray
 

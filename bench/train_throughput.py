@@ -21,7 +21,7 @@ from dataclasses import replace
 
 from poster_ray import models, resources, train
 from poster_ray.config import RunDir, TrainConfig
-from poster_ray.data import read_split_arrays
+from poster_ray.data.cache import read_split_arrays
 from poster_ray.runtime import init_ray
 from poster_ray.storage import Location
 from poster_ray.tf_import import keras

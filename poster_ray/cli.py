@@ -43,17 +43,18 @@ def given(args: argparse.Namespace, settings_class: type) -> dict:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from poster_ray import data
+    from poster_ray.data.prepare import format_prepare_summary, prepare
+    from poster_ray.data.source import resolve_data_dir
 
-    summary = data.prepare(
-        data.resolve_data_dir(args.data, dict(os.environ)),
+    summary = prepare(
+        resolve_data_dir(args.data, dict(os.environ)),
         RunDir(args.out),
         PreprocessSpec(args.image_size),
         args.split_seed,
         args.limit,
         args.num_cpus,
     )
-    print(data.format_summary(summary))
+    print(format_prepare_summary(summary))
     print(f"\nwrote {args.out} in {summary['seconds']} s")
 
 

@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from poster_ray import data, metrics, models
+from poster_ray import metrics, models
 from poster_ray.bundle import check_model_matches, write_bundle
 from poster_ray.config import RunDir
-from poster_ray.data import train_labels
+from poster_ray.data.cache import read_split_arrays, train_labels
 from poster_ray.errors import PosterRayError
 from poster_ray.storage import Location
 from poster_ray.tf_import import keras
@@ -62,7 +62,7 @@ def predict_split(
     model: keras.Model, run: RunDir, split: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, labels, probabilities) of one split, decoded at the model's input size."""
-    ids, images, labels = data.read_split_arrays(run, split, model.input_shape[1])
+    ids, images, labels = read_split_arrays(run, split, model.input_shape[1])
     return ids, labels, predict_arrays(model, images)
 
 

@@ -93,15 +93,16 @@ class PipelineResult:
 
 def run_pipeline(settings: PipelineSettings) -> PipelineResult:
     """Run every stage in order on a local Ray (or the cluster a job runs in)."""
-    from poster_ray import data
+    from poster_ray.data.prepare import format_prepare_summary, prepare
+    from poster_ray.data.source import resolve_data_dir
     from poster_ray.runtime import init_ray, ray_logs_dir
 
     started = time.perf_counter()
     init_ray(settings.num_cpus)
-    data_dir = data.resolve_data_dir(settings.data, dict(os.environ))
+    data_dir = resolve_data_dir(settings.data, dict(os.environ))
     run = RunDir(settings.out)
     stage("prepare", f"{data_dir} -> {run.root}", started)
-    summary = data.prepare(
+    summary = prepare(
         data_dir,
         run,
         PreprocessSpec(settings.image_size),
@@ -109,7 +110,7 @@ def run_pipeline(settings: PipelineSettings) -> PipelineResult:
         settings.limit,
         settings.num_cpus,
     )
-    print(data.format_summary(summary).split("\n\n")[0])
+    print(format_prepare_summary(summary).split("\n\n")[0])
     result = PipelineResult(run)
 
     stage("train", "the report's CNN, from scratch", started)

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import ray
 
+from poster_ray.data.context import data_context
 from poster_ray.quiet_tensorflow import TENSORFLOW_ENV, install_filtered_tensorflow_import
 
 # What the driver and every Ray worker need in their environment. The driver keeps a
@@ -142,18 +142,11 @@ def hide_progress_bars_off_notice() -> None:
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
-@contextmanager
-def without_progress_bars() -> Iterator[None]:
+def without_progress_bars() -> AbstractContextManager[None]:
     """Build datasets without progress bars (a dataset keeps the context it was made in):
     for datasets that training workers iterate, whose per-epoch lines say more, and for
     bulk inference, which prints its own line."""
-    context = ray.data.DataContext.get_current()
-    previous = context.enable_progress_bars
-    context.enable_progress_bars = False
-    try:
-        yield
-    finally:
-        context.enable_progress_bars = previous
+    return data_context(enable_progress_bars=False)
 
 
 def ray_logs_dir() -> Path | None:

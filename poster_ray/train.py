@@ -19,7 +19,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
 from poster_ray import models, resources
 from poster_ray.config import MONITORS, RunDir, TrainConfig, pick_best
-from poster_ray.data import load_split, shard_sizes, train_labels
+from poster_ray.data.cache import load_split, shard_sizes, train_labels
 from poster_ray.errors import PosterRayError
 from poster_ray.features import FeatureCache, ensure_features
 from poster_ray.metrics import plot_history

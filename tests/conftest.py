@@ -10,7 +10,7 @@ import pytest
 # Tests import their helpers as `from synthetic import ...`.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from synthetic import make_dataset  # noqa: E402
+from synthetic import DIRTY, DIRTY_GOOD_POSTERS, DIRTY_IMAGE_SIZE, make_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +30,16 @@ def ray_session():
 def synthetic_dataset(tmp_path: Path) -> Path:
     """A clean 40-poster dataset (no dirty rows) in tmp_path."""
     return make_dataset(tmp_path / "dataset", n=40)
+
+
+@pytest.fixture(scope="session")
+def dirty_run(ray_session, tmp_path_factory):
+    """(dataset root, RunDir, summary) of one prepare run on a dataset with every kind of
+    dirt, shared by the data stage's tests: prepare is their slow part."""
+    from poster_ray.config import PreprocessSpec, RunDir
+    from poster_ray.data.prepare import prepare
+
+    root = make_dataset(tmp_path_factory.mktemp("dirty"), n=DIRTY_GOOD_POSTERS, **DIRTY)
+    run = RunDir(tmp_path_factory.mktemp("run"))
+    summary = prepare(root, run, PreprocessSpec(DIRTY_IMAGE_SIZE), seed=3)
+    return root, run, summary

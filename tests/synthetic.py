@@ -18,6 +18,12 @@ import pandas as pd
 from PIL import Image
 
 GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Western"]
+# The published dataset's 24 genres, in its header's order.
+REAL_GENRES = [
+    "Action", "Adventure", "Animation", "Biography", "Comedy", "Crime", "Documentary",
+    "Drama", "Family", "Fantasy", "History", "Horror", "Music", "Musical", "Mystery",
+    "News", "Reality-TV", "Romance", "Sci-Fi", "Short", "Sport", "Thriller", "War", "Western",
+]  # fmt: skip
 # The last three genres of `genres` get exactly this many posters (1, 3 and 4).
 RARE_COUNTS = (4, 3, 1)
 POSTER_SIZE = (40, 60)  # width, height
@@ -35,6 +41,11 @@ MODE_IDS = {
     "RGBA": "mode_rgba",
     "I;16": "mode_i16",
 }
+# The data stage's tests share one prepare run of a dataset with every kind of dirt
+# (conftest's `dirty_run`): these options, good posters and image size.
+DIRTY = dict(duplicates=True, na_rows=True, missing_images=True, broken_files=True, modes=True)
+DIRTY_GOOD_POSTERS = 50
+DIRTY_IMAGE_SIZE = 24
 
 
 def genre_colour(index: int) -> tuple[int, int, int]:
@@ -182,11 +193,9 @@ def make_dataset(
 
 def prepared_run(root: Path, n: int, image_size: int, seed: int = 0):
     """`n` synthetic posters under root/dataset, prepared at `image_size` into root/run."""
-    from poster_ray import data
     from poster_ray.config import PreprocessSpec, RunDir
+    from poster_ray.data.prepare import prepare
 
     run = RunDir(root / "run")
-    data.prepare(
-        make_dataset(root / "dataset", n=n, seed=seed), run, PreprocessSpec(image_size), seed=0
-    )
+    prepare(make_dataset(root / "dataset", n=n, seed=seed), run, PreprocessSpec(image_size), seed=0)
     return run

@@ -8,9 +8,11 @@ import pandas as pd
 import pytest
 from synthetic import make_dataset, prepared_run
 
-from poster_ray import data, metrics, models
+from poster_ray import metrics, models
 from poster_ray.bundle import load_bundle
 from poster_ray.config import PreprocessSpec, RunDir
+from poster_ray.data.cache import read_split_arrays
+from poster_ray.data.prepare import prepare
 from poster_ray.errors import PosterRayError
 from poster_ray.evaluate import (
     compare_models,
@@ -28,14 +30,14 @@ def run(ray_session, tmp_path_factory):
     """A 60-poster synthetic dataset prepared at 32x32."""
     root = make_dataset(tmp_path_factory.mktemp("dataset"), n=60)
     run = RunDir(tmp_path_factory.mktemp("run"))
-    data.prepare(root, run, SPEC, seed=1)
+    prepare(root, run, SPEC, seed=1)
     return run
 
 
 @pytest.fixture(scope="module")
 def model_dir(run):
     """A tiny CNN fitted for two epochs, saved as training would save it."""
-    _, images, labels = data.read_split_arrays(run, "train")
+    _, images, labels = read_split_arrays(run, "train")
     model = models.build_custom_cnn(
         len(run.load_genres()), image_size=SPEC.image_size, filters=(4, 4), dense_units=(8,)
     )
@@ -65,7 +67,7 @@ def written(result, model_dir):
 
 
 def split_predictions(model_dir, run, split):
-    _, images, labels = data.read_split_arrays(run, split)
+    _, images, labels = read_split_arrays(run, split)
     return labels, predict_arrays(models.load_model(model_dir / "model.keras"), images)
 
 
@@ -83,7 +85,7 @@ def test_metrics_json_layout(written, run):
     }
     assert written["model"] == "custom_cnn"
     assert written["genres"] == run.load_genres()
-    test_size = len(data.read_split_arrays(run, "test")[0])
+    test_size = len(read_split_arrays(run, "test")[0])
     assert written["test@0.5"]["n_samples"] == written["test@calibrated"]["n_samples"] == test_size
     assert all(row["threshold"] == 0.5 for row in written["test@0.5"]["per_genre"])
 
@@ -106,7 +108,7 @@ def test_test_metrics_match_a_direct_computation(written, model_dir, run):
 def test_baselines_learn_from_the_train_split(written, run):
     manifest = pd.read_parquet(run.manifest)
     train = np.stack(manifest.loc[manifest["split"] == "train", "labels"].to_numpy())
-    test_labels = data.read_split_arrays(run, "test")[2]
+    test_labels = read_split_arrays(run, "test")[2]
     expected = metrics.baseline_metrics(train, test_labels, run.load_genres())
     assert written["baselines"] == json.loads(json.dumps(expected))
 

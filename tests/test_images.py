@@ -11,7 +11,7 @@ from PIL import Image
 from synthetic import make_poster, png_claiming_size
 
 from poster_ray.config import PreprocessSpec
-from poster_ray.data import unpack_arrays
+from poster_ray.data.cache import unpack_arrays
 from poster_ray.images import (
     decode_files,
     decode_poster,

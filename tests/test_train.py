@@ -20,9 +20,10 @@ import pytest
 import tf_keras as keras
 from synthetic import prepared_run
 
-from poster_ray import data, models, train, train_worker
+from poster_ray import models, train, train_worker
 from poster_ray.bundle import load_bundle
 from poster_ray.config import PreprocessSpec, RunDir, TrainConfig
+from poster_ray.data import cache
 from poster_ray.errors import PosterRayError
 from poster_ray.evaluate import evaluate_model_dir
 
@@ -133,7 +134,7 @@ def test_float16_trains_with_loss_scaling_resumes_and_exports_float32(run):
         keras.mixed_precision.set_global_policy("float32")
     assert isinstance(restored.optimizer, keras.mixed_precision.LossScaleOptimizer)
     # Its steps (and its loss scale) carried across the resume: two epochs' worth.
-    steps_per_epoch = data.shard_sizes(run, "train", 1)[0] // config.batch_size
+    steps_per_epoch = cache.shard_sizes(run, "train", 1)[0] // config.batch_size
     assert restored.optimizer.iterations.numpy() == 2 * steps_per_epoch
     assert conv_dtypes(restored) == {"float16"}
     assert conv_dtypes(models.load_model(out / "model.keras")) == {"float32"}
@@ -251,9 +252,9 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(tmp_path_factory, ray_
 
 def test_shards_are_disjoint_stable_and_cover_the_split():
     ids = np.array([f"tt{i:07d}" for i in range(500)])
-    shards = data.shard_of(ids, 2)
+    shards = cache.shard_of(ids, 2)
     assert set(shards) == {0, 1}
-    np.testing.assert_array_equal(shards, data.shard_of(ids, 2))
+    np.testing.assert_array_equal(shards, cache.shard_of(ids, 2))
     assert 200 < (shards == 0).sum() < 300
 
 
@@ -261,12 +262,12 @@ def test_shards_cover_the_split_and_each_epoch_reads_them_in_a_new_order(run, mo
     monkeypatch.setattr(train, "SHUFFLE_BLOCK_ROWS", 2)  # many blocks even in a tiny shard
     training_data = train.load_training_data(run, replace(TINY, workers=2))
     assert sorted(training_data.datasets) == ["train_0", "train_1", "val"]
-    shard_sizes = data.shard_sizes(run, "train", 2)
+    shard_sizes = cache.shard_sizes(run, "train", 2)
     shards = [training_data.datasets[f"train_{rank}"] for rank in (0, 1)]
     assert [shard.count() for shard in shards] == shard_sizes
     steps = train.step_counts(training_data, replace(TINY, batch_size=4))
     assert steps["train"] == {"batch": 2, "steps": min(shard_sizes) // 2}
-    assert steps["val"]["steps"] == data.shard_sizes(run, "val", 1)[0] // 2
+    assert steps["val"]["steps"] == cache.shard_sizes(run, "val", 1)[0] // 2
 
     def epoch_order() -> list[bytes]:
         return [image.tobytes() for batch in shards[0].iter_batches() for image in batch["image"]]

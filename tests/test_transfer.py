@@ -12,7 +12,7 @@ from synthetic import prepared_run
 
 from poster_ray import models, train
 from poster_ray.config import TrainConfig
-from poster_ray.data import read_split_arrays
+from poster_ray.data.cache import read_split_arrays
 from poster_ray.errors import PosterRayError
 from poster_ray.features import ensure_features
 from poster_ray.models import backbones, losses, transfer
@@ -234,7 +234,7 @@ def test_the_exported_model_is_the_head_on_the_backbone_from_uint8_posters(run, 
     features, _ = ensure_features(run, "efficientnet_lite0", 64).arrays("val")
     head = model.get_layer("head")
     # The cache's row order is the decoded cache's: match by id.
-    from poster_ray.data import read_table
+    from poster_ray.data.tables import read_table
 
     cached_ids = read_table(run.features("efficientnet_lite0", 64) / "split=val", ["id"])["id"]
     order = {poster_id: row for row, poster_id in enumerate(cached_ids)}

@@ -1,0 +1,180 @@
+"""The decoded cache: every poster decoded once per image size, as uint8 Parquet rows.
+
+Training, tuning, features and evaluation all read pixels from here, never from the
+JPEGs, so they see the same pixels; a size a model needs (a pretrained backbone's
+native resolution, say) is decoded beside the run's own the first time it is asked for.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import ray
+
+from poster_ray.config import PreprocessSpec, RunDir
+from poster_ray.data.context import all_cpus_to_one_operator
+from poster_ray.data.tables import read_table
+from poster_ray.errors import PosterRayError
+from poster_ray.images import decode_files, pack_images
+from poster_ray.runtime import init_ray
+from poster_ray.storage import Location
+
+# Rows per decode task: large enough to amortise Ray's per-task cost (32 ran at half the
+# speed of 128 on 2 cores), small enough to keep every core busy to the end.
+_ROWS_PER_BLOCK = 128
+# Written last into a decoded cache: its presence means the cache is complete.
+DECODED_MARKER = "_decoded.json"
+
+
+# ---------------------------------------------------------------- writing the cache
+
+
+def decode_dataset(records: pd.DataFrame, spec: PreprocessSpec) -> ray.data.Dataset:
+    """A streaming Ray Dataset of decoded posters: one output row per input row.
+
+    Each input row carries `path`; output rows add `image` (uint8, spec.shape) and
+    `error` ("" when the poster decoded). Undecodable files are flagged, never fatal.
+    """
+    items = records.to_dict("records")
+    num_blocks = max(1, -(-len(items) // _ROWS_PER_BLOCK))
+    return ray.data.from_items(items, override_num_blocks=num_blocks).map_batches(
+        _decode_batch, fn_kwargs={"spec": spec}, batch_size=None
+    )
+
+
+def _decode_batch(batch: dict[str, np.ndarray], spec: PreprocessSpec) -> dict[str, np.ndarray]:
+    images, batch["error"] = decode_files(batch["path"], spec)
+    batch["image"] = pack_images(images)
+    return batch
+
+
+def decode_to_cache(records: pd.DataFrame, run: RunDir, spec: PreprocessSpec) -> None:
+    """Decode every poster of `records` at `spec`'s size into the run's cache, in parallel;
+    a marker file records that the cache is complete."""
+    cache = run.cache(spec.image_size)
+    cache.remove()
+    print(f"Decoding {len(records)} posters at {spec.image_size}x{spec.image_size} ...", flush=True)
+    with all_cpus_to_one_operator():
+        decode_dataset(records, spec).write_parquet(
+            cache.uri, partition_cols=["split"], compression="none", use_dictionary=False
+        )
+    (cache / DECODED_MARKER).write_json({"posters": len(records), "image_size": spec.image_size})
+
+
+def decoded_spec(run: RunDir, image_size: int | None = None) -> PreprocessSpec:
+    """The run's preprocessing at `image_size` (default: the run's own), its posters
+    decoded at that size first if they are not yet."""
+    if not run.manifest.is_file():
+        raise PosterRayError(f"{run.root}: not a prepared run; run `poster-ray prepare` first")
+    spec = run.load_spec()
+    spec = replace(spec, image_size=image_size or spec.image_size)
+    ensure_decoded(run, spec.image_size)
+    return spec
+
+
+def ensure_decoded(run: RunDir, image_size: int) -> None:
+    """Decode the run's posters at `image_size` unless that cache is complete: a
+    pretrained model's native resolution, say, beside the run's own."""
+    if (run.cache(image_size) / DECODED_MARKER).is_file():
+        return
+    init_ray()
+    decode_to_cache(read_table(run.manifest), run, replace(run.load_spec(), image_size=image_size))
+
+
+# ---------------------------------------------------------------- reading it
+
+
+def load_split(
+    run: RunDir, split: str, shard: tuple[int, int] | None = None, image_size: int | None = None
+) -> ray.data.Dataset:
+    """One split's decoded posters from the cache: `image` (uint8 HxWx3) and `labels`.
+
+    `shard` (index, count) keeps one disjoint part of the split, chosen by id.
+    `image_size` defaults to the run's own; another size is decoded first if need be.
+    """
+    spec = decoded_spec(run, image_size)
+    return read_cached_arrays(
+        run.cache_split(split, spec.image_size), "image", "uint8", spec.shape, shard
+    )
+
+
+def read_cached_arrays(
+    location: Location,
+    column: str,
+    dtype: str,
+    shape: tuple[int, ...],
+    shard: tuple[int, int] | None = None,
+) -> ray.data.Dataset:
+    """A cache's usable rows as a Ray Dataset of `column` (arrays) and `labels`."""
+    from ray.data.expressions import col
+
+    return (
+        ray.data.read_parquet(location.uri, columns=["id", column, "labels", "error"])
+        .filter(expr=col("error") == "")
+        .map_batches(
+            _unpack_batch,
+            fn_kwargs={"column": column, "dtype": dtype, "shape": shape, "shard": shard},
+            batch_size=64,
+        )
+    )
+
+
+def _unpack_batch(
+    batch: dict[str, np.ndarray],
+    column: str,
+    dtype: str,
+    shape: tuple[int, ...],
+    shard: tuple[int, int] | None,
+) -> dict[str, np.ndarray]:
+    """Raw bytes of `column` -> arrays; keep this shard's rows; drop the rest."""
+    keep = np.ones(len(batch["id"]), dtype=bool)
+    if shard is not None:
+        keep = shard_of(batch["id"], shard[1]) == shard[0]
+    return {
+        column: unpack_arrays(batch[column][keep], dtype, shape),
+        "labels": batch["labels"][keep],
+    }
+
+
+def unpack_arrays(blobs: np.ndarray, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """N raw byte strings (the caches' storage format) -> an (N, *shape) array."""
+    return np.frombuffer(b"".join(blobs), dtype=dtype).reshape(len(blobs), *shape)
+
+
+def read_split_arrays(
+    run: RunDir, split: str, image_size: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, images, labels) of one split as numpy arrays, for single-process use."""
+    spec = decoded_spec(run, image_size)
+    frame = read_table(run.cache_split(split, spec.image_size), ["id", "image", "labels", "error"])
+    frame = frame[frame["error"] == ""]
+    return (
+        frame["id"].to_numpy(),
+        unpack_arrays(frame["image"].to_numpy(), "uint8", spec.shape),
+        np.stack(frame["labels"].to_numpy()),
+    )
+
+
+# ---------------------------------------------------------------- the manifest's answers
+
+
+def shard_of(ids: np.ndarray, num_shards: int) -> np.ndarray:
+    """A stable shard number per poster id, the same in every process and run."""
+    return np.array([zlib.crc32(str(poster_id).encode()) % num_shards for poster_id in ids])
+
+
+def shard_sizes(run: RunDir, split: str, num_shards: int) -> list[int]:
+    """How many posters of `split` each shard holds (from the manifest, no reading)."""
+    manifest = read_table(run.manifest, columns=["id", "split"])
+    shards = shard_of(manifest.loc[manifest["split"] == split, "id"].to_numpy(), num_shards)
+    return np.bincount(shards, minlength=num_shards).tolist()
+
+
+def train_labels(run: RunDir) -> np.ndarray:
+    """The training split's label matrix, from the manifest: what baselines and class
+    weights learn from."""
+    manifest = read_table(run.manifest, ["split", "labels"])
+    return np.stack(manifest.loc[manifest["split"] == "train", "labels"].to_numpy())

@@ -1,0 +1,163 @@
+"""The prepare stage: validate, clean, split and decode the dataset into a run directory.
+
+What it writes (manifest, genres, preprocessing, dropped rows, summary, decoded cache)
+is what every later stage reads, so they all see the same genres, split and pixels.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import ray
+
+from poster_ray.config import ID_COLUMN, SPLITS, PreprocessSpec, RunDir
+from poster_ray.data.cache import decode_to_cache
+from poster_ray.data.labels import attach_image_paths, clean_labels, read_checked_csv
+from poster_ray.data.split import split_rows
+from poster_ray.data.tables import read_table, write_table
+from poster_ray.errors import PosterRayError
+from poster_ray.runtime import init_ray
+from poster_ray.storage import Location
+
+
+def prepare(
+    data_dir: Location | str,
+    run: RunDir,
+    spec: PreprocessSpec,
+    seed: int,
+    limit: int | None = None,
+    num_cpus: int | None = None,
+) -> dict:
+    """Validate, clean, split and decode the dataset into `run`; return the summary.
+
+    `seed` draws the split (and the `limit` sample). Ray starts (or is joined) only
+    once the labels are valid, so bad input fails fast.
+    """
+    if spec.image_size < 1:
+        raise PosterRayError(f"--image-size must be at least 1, got {spec.image_size}")
+    started = time.perf_counter()
+    data_dir = Location.of(data_dir)
+    frame, genres = read_checked_csv(data_dir / "train.csv")
+    records, dropped_rows = _split_usable_posters(frame, genres, data_dir / "Images", seed, limit)
+
+    init_ray(num_cpus)
+    warn_if_local_on_a_cluster(run.root)
+    run.root.mkdir()
+    for derived in ("cache", "features"):  # decoded at other sizes from an older manifest
+        (run.root / derived).remove()
+    decode_to_cache(records, run, spec)
+    bad_files = _unreadable_posters(run, spec)
+    manifest = records[~records["id"].isin(bad_files["id"])].reset_index(drop=True)
+
+    write_table(manifest, run.manifest)
+    run.genres.write_json(genres)
+    spec.save(run.preprocess)
+    dropped = pd.concat([dropped_rows, bad_files], ignore_index=True)
+    run.dropped.write_text(dropped.to_csv(index=False))
+
+    summary = summarize_prepare(frame, manifest, dropped, genres, spec, data_dir, seed)
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    run.summary.write_json(summary)
+    return summary
+
+
+def _split_usable_posters(
+    frame: pd.DataFrame, genres: list[str], images_dir: Location, seed: int, limit: int | None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(posters with id, path, split and labels; the rows dropped on the way and why)."""
+    kept, dropped_rows = clean_labels(frame, genres)
+    records, missing = attach_image_paths(kept, images_dir)
+    if limit is not None and limit < len(records):
+        records = records.sample(n=limit, random_state=seed).reset_index(drop=True)
+    labels = records[genres].to_numpy(dtype=np.uint8)
+    posters = pd.DataFrame(
+        {
+            "id": records[ID_COLUMN],
+            "path": records["path"],
+            "split": split_rows(labels, seed),
+            "labels": list(labels),
+        }
+    )
+    return posters, pd.concat([dropped_rows, missing], ignore_index=True)
+
+
+def _unreadable_posters(run: RunDir, spec: PreprocessSpec) -> pd.DataFrame:
+    """The decoded cache's failures as dropped rows: id, no CSV line, the decode error."""
+    errors = read_table(run.cache(spec.image_size), columns=["id", "error"])
+    bad = errors[errors["error"] != ""]
+    return pd.DataFrame({"id": bad["id"], "line": -1, "reason": "unreadable: " + bad["error"]})
+
+
+def warn_if_local_on_a_cluster(root: Location) -> None:
+    """Every node writes its part of the cache: on several nodes, a run directory on
+    one node's own disk would be scattered."""
+    nodes = [node for node in ray.nodes() if node["Alive"]]
+    if root.is_local and len(nodes) > 1:
+        print(
+            f"warning: {root} is a local path and the Ray cluster has {len(nodes)} nodes: "
+            "it must be a mount every node shares, or use an s3:// or gs:// run directory"
+        )
+
+
+def summarize_prepare(
+    frame: pd.DataFrame,
+    manifest: pd.DataFrame,
+    dropped: pd.DataFrame,
+    genres: list[str],
+    spec: PreprocessSpec,
+    data_dir: Location,
+    seed: int,
+) -> dict:
+    """What prepare kept and dropped and why, and the genre counts of each split."""
+    labels = (
+        np.stack(manifest["labels"].to_numpy()) if len(manifest) else np.zeros((0, len(genres)))
+    )
+    splits = {}
+    for split in SPLITS:
+        in_split = (manifest["split"] == split).to_numpy()
+        counts = labels[in_split].sum(axis=0).astype(int)
+        splits[split] = {
+            "posters": int(in_split.sum()),
+            "genre_counts": dict(zip(genres, counts.tolist(), strict=True)),
+        }
+    ids_per_split = manifest.groupby("id")["split"].nunique()
+    return {
+        "data_dir": str(data_dir),
+        "csv_rows": len(frame),
+        "kept": len(manifest),
+        "dropped": {
+            reason: int(n)
+            for reason, n in dropped["reason"].str.split(":").str[0].value_counts().items()
+        },
+        "bad_files": dropped[dropped["reason"].str.startswith("unreadable")]["id"].tolist(),
+        "genres": genres,
+        "num_genres": len(genres),
+        "image_size": spec.image_size,
+        "seed": seed,
+        "splits": splits,
+        "ids_in_two_splits": int((ids_per_split > 1).sum()),
+    }
+
+
+def format_prepare_summary(summary: dict) -> str:
+    """A human-readable view of the prepare summary."""
+    lines = [
+        f"data:     {summary['data_dir']} ({summary['csv_rows']} CSV rows)",
+        f"kept:     {summary['kept']} posters, {summary['num_genres']} genres, "
+        f"{summary['image_size']}x{summary['image_size']} px",
+        "dropped:  "
+        + (", ".join(f"{n} {why}" for why, n in summary["dropped"].items()) or "nothing"),
+        "splits:   "
+        + ", ".join(f"{name} {info['posters']}" for name, info in summary["splits"].items())
+        + f" (ids in two splits: {summary['ids_in_two_splits']})",
+    ]
+    if summary["bad_files"]:
+        lines.append(f"bad files: {', '.join(summary['bad_files'][:10])}")
+    lines.append("")
+    lines.append(f"{'genre':<12}" + "".join(f"{name:>8}" for name in summary["splits"]))
+    for genre in summary["genres"]:
+        counts = [info["genre_counts"][genre] for info in summary["splits"].values()]
+        lines.append(f"{genre:<12}" + "".join(f"{n:>8}" for n in counts))
+    return "\n".join(lines)
