@@ -20,7 +20,8 @@ import time
 from dataclasses import replace
 
 from poster_ray import models, resources, train
-from poster_ray.config import RunDir, TrainConfig
+from poster_ray.config import TrainConfig
+from poster_ray.layout import RunDir
 from poster_ray.data import read_split_arrays
 from poster_ray.runtime import init_ray
 from poster_ray.storage import Location

@@ -19,10 +19,10 @@ from poster_ray.config import (
     MONITORS,
     SEARCHERS,
     PreprocessSpec,
-    RunDir,
     TrainConfig,
     TuneSettings,
 )
+from poster_ray.layout import RunDir
 from poster_ray.errors import PosterRayError
 from poster_ray.resources import PRECISIONS
 from poster_ray.storage import Location

@@ -34,8 +34,8 @@ from poster_ray.config import (
     SPLIT_FRACTIONS,
     SPLITS,
     PreprocessSpec,
-    RunDir,
 )
+from poster_ray.layout import RunDir
 from poster_ray.errors import PosterRayError
 from poster_ray.images import decode_files, pack_images
 from poster_ray.runtime import init_ray

@@ -32,7 +32,7 @@ import numpy as np
 
 from poster_ray import data, metrics, models
 from poster_ray.bundle import check_model_matches, write_bundle
-from poster_ray.config import RunDir
+from poster_ray.layout import RunDir
 from poster_ray.data import train_labels
 from poster_ray.errors import PosterRayError
 from poster_ray.storage import Location

@@ -15,7 +15,7 @@ import numpy as np
 import ray
 
 from poster_ray import resources
-from poster_ray.config import RunDir
+from poster_ray.layout import RunDir
 from poster_ray.data import (
     all_cpus_to_one_operator,
     ensure_decoded,

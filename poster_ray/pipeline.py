@@ -13,7 +13,8 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 
-from poster_ray.config import PreprocessSpec, RunDir, TrainConfig, TuneSettings
+from poster_ray.config import PreprocessSpec, TrainConfig, TuneSettings
+from poster_ray.layout import RunDir
 from poster_ray.errors import PosterRayError
 from poster_ray.storage import Location
 

@@ -17,7 +17,8 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
 from poster_ray import models, resources
-from poster_ray.config import MONITORS, RunDir, TrainConfig, pick_best
+from poster_ray.config import MONITORS, TrainConfig, pick_best
+from poster_ray.layout import RunDir
 from poster_ray.data import load_split, shard_sizes, train_labels, without_progress_bars
 from poster_ray.errors import PosterRayError
 from poster_ray.features import FeatureCache, ensure_features

@@ -29,11 +29,11 @@ from poster_ray import metrics, models, train
 from poster_ray.config import (
     MONITORS,
     SEARCHERS,
-    RunDir,
     TrainConfig,
     TuneSettings,
     pick_best,
 )
+from poster_ray.layout import RunDir
 from poster_ray.errors import PosterRayError
 from poster_ray.models import Choice, Range
 from poster_ray.storage import Location

@@ -183,7 +183,8 @@ def make_dataset(
 def prepared_run(root: Path, n: int, image_size: int, seed: int = 0):
     """`n` synthetic posters under root/dataset, prepared at `image_size` into root/run."""
     from poster_ray import data
-    from poster_ray.config import PreprocessSpec, RunDir
+    from poster_ray.config import PreprocessSpec
+    from poster_ray.layout import RunDir
 
     run = RunDir(root / "run")
     data.prepare(

@@ -10,7 +10,8 @@ from synthetic import make_dataset, prepared_run
 
 from poster_ray import data, metrics, models
 from poster_ray.bundle import load_bundle
-from poster_ray.config import PreprocessSpec, RunDir
+from poster_ray.config import PreprocessSpec
+from poster_ray.layout import RunDir
 from poster_ray.errors import PosterRayError
 from poster_ray.evaluate import (
     compare_models,

@@ -22,7 +22,8 @@ from synthetic import prepared_run
 
 from poster_ray import data, models, train, train_worker
 from poster_ray.bundle import load_bundle
-from poster_ray.config import PreprocessSpec, RunDir, TrainConfig
+from poster_ray.config import PreprocessSpec, TrainConfig
+from poster_ray.layout import RunDir
 from poster_ray.errors import PosterRayError
 from poster_ray.evaluate import evaluate_model_dir
 

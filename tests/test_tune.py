@@ -13,7 +13,8 @@ import pytest
 from synthetic import prepared_run
 
 from poster_ray import models, tune
-from poster_ray.config import RunDir, TrainConfig, TuneSettings
+from poster_ray.config import TrainConfig, TuneSettings
+from poster_ray.layout import RunDir
 from poster_ray.errors import PosterRayError
 
 # Small enough to train in seconds, still the seed's 4-block architecture (needs ~94 px).
