@@ -35,9 +35,9 @@ from poster_ray.config import (
     SPLITS,
     PreprocessSpec,
 )
-from poster_ray.layout import RunDir
 from poster_ray.errors import PosterRayError
 from poster_ray.images import decode_files, pack_images
+from poster_ray.layout import RunDir
 from poster_ray.runtime import init_ray
 from poster_ray.storage import Location
 

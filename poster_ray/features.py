@@ -15,7 +15,6 @@ import numpy as np
 import ray
 
 from poster_ray import resources
-from poster_ray.layout import RunDir
 from poster_ray.data import (
     all_cpus_to_one_operator,
     ensure_decoded,
@@ -23,6 +22,7 @@ from poster_ray.data import (
     read_table,
     unpack_arrays,
 )
+from poster_ray.layout import RunDir
 from poster_ray.storage import Location
 
 FEATURES_MARKER = "_features.json"  # written last: the cache is complete

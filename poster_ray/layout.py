@@ -28,6 +28,8 @@ from poster_ray.storage import Location
 # Train checkpoint (train_worker) and, for the model, in a bundle.
 MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.json"
+# The table of every evaluated model: in the run (pipeline), or wherever `compare` writes.
+COMPARISON_FILE = "comparison.md"
 
 
 @dataclass(frozen=True, init=False)
@@ -159,7 +161,7 @@ class RunDir:
     @property
     def comparison(self) -> Location:
         """The pipeline's table of every evaluated model beside the baselines."""
-        return self.root / "comparison.md"
+        return self.root / COMPARISON_FILE
 
     @property
     def predictions(self) -> Location:

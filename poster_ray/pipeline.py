@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field, replace
 
 from poster_ray.config import PreprocessSpec, TrainConfig, TuneSettings
-from poster_ray.layout import RunDir
 from poster_ray.errors import PosterRayError
+from poster_ray.layout import ModelDir, RunDir
 from poster_ray.storage import Location
 
 
@@ -122,9 +122,9 @@ def run_pipeline(settings: PipelineSettings) -> PipelineResult:
     tune_and_evaluate(result, f"tuned_{pretrained}", settings.pretrained, settings.tune)
 
     stage("compare", "the models beside the trivial baselines", started)
-    result.comparison = write_comparison(run, run.root / "comparison.md")
+    result.comparison = write_comparison(run, run.comparison)
     result.best = best_on_validation(result)
-    bundle = result.models[result.best] / "bundle"
+    bundle = ModelDir(result.models[result.best]).bundle
 
     samples = [str(path) for path in (data_dir / "samples").glob("*.jpg")]
     if samples:
@@ -198,7 +198,7 @@ def infer_manifest(run: RunDir, bundle: Location, settings: PipelineSettings) ->
     summary = run_inference(
         bundle.uri,
         run.manifest.uri,
-        (run.root / "predictions").uri,
+        run.predictions.uri,
         gpu=settings.pretrained.gpu,
         batch_size=settings.infer_batch_size,
         precision=settings.pretrained.precision,

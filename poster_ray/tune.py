@@ -25,7 +25,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 
-from poster_ray import metrics, models, train
+from poster_ray import export, models, plots, reports, train
 from poster_ray.config import (
     MONITORS,
     SEARCHERS,
@@ -33,8 +33,8 @@ from poster_ray.config import (
     TuneSettings,
     pick_best,
 )
-from poster_ray.layout import RunDir
 from poster_ray.errors import PosterRayError
+from poster_ray.layout import RunDir
 from poster_ray.models import Choice, Range
 from poster_ray.storage import Location
 
@@ -481,7 +481,7 @@ def export_best(
         )
     best = pick_best(settings.objective)(scored, key=lambda row: row["best"])
     config = point_config(base, {key: best[key] for key in models.SEARCH_SPACES[base.model]})
-    out = train.export_model(
+    out = export.export_model(
         run,
         name,
         config,
@@ -490,8 +490,8 @@ def export_best(
     )
     table = [{key: value for key, value in row.items() if "checkpoint" not in key} for row in rows]
     (out / "trials.csv").write_text(pd.DataFrame(table).to_csv(index=False))
-    (out / "trials.md").write_text(metrics.markdown_table(table))
-    metrics.plot_trials(
+    (out / "trials.md").write_text(reports.markdown_table(table))
+    plots.plot_trials(
         table, settings.objective, MONITORS[settings.objective] == "max", out / "trials.png"
     )
     summary = {

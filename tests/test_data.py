@@ -24,8 +24,8 @@ from synthetic import (
 
 from poster_ray import data
 from poster_ray.config import SPLITS, PreprocessSpec
-from poster_ray.layout import RunDir
 from poster_ray.errors import PosterRayError
+from poster_ray.layout import RunDir
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared/datasets/movie-posters"
 REAL_GENRES = [

@@ -11,7 +11,6 @@ from synthetic import make_dataset, prepared_run
 from poster_ray import data, metrics, models
 from poster_ray.bundle import load_bundle
 from poster_ray.config import PreprocessSpec
-from poster_ray.layout import RunDir
 from poster_ray.errors import PosterRayError
 from poster_ray.evaluate import (
     compare_models,
@@ -19,6 +18,7 @@ from poster_ray.evaluate import (
     format_headline,
     predict_arrays,
 )
+from poster_ray.layout import RunDir
 
 SPEC = PreprocessSpec(32)
 CONFIG = {"model": "custom_cnn", "epochs": 2, "batch_size": 16, "learning_rate": 1e-3}

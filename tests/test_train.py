@@ -23,9 +23,9 @@ from synthetic import prepared_run
 from poster_ray import data, models, train, train_worker
 from poster_ray.bundle import load_bundle
 from poster_ray.config import PreprocessSpec, TrainConfig
-from poster_ray.layout import RunDir
 from poster_ray.errors import PosterRayError
 from poster_ray.evaluate import evaluate_model_dir
+from poster_ray.layout import RunDir
 
 TINY_CNN = {"filters": [4, 8], "kernel_size": 3, "dense_units": [16]}
 # Every precision branch runs on any CPU, each in its own test: bfloat16 here (chosen on

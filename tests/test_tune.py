@@ -14,8 +14,8 @@ from synthetic import prepared_run
 
 from poster_ray import models, tune
 from poster_ray.config import TrainConfig, TuneSettings
-from poster_ray.layout import RunDir
 from poster_ray.errors import PosterRayError
+from poster_ray.layout import RunDir
 
 # Small enough to train in seconds, still the seed's 4-block architecture (needs ~94 px).
 SMALL = {**models.DEFAULT_POINTS["custom_cnn"], "batch_size": 16, "filters": 8, "dense_units": 32}
