@@ -161,7 +161,7 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
 def existing_run(path: str) -> RunDir:
     run = RunDir(path)
     if not run.manifest.is_file():
-        raise PosterRayError(f"{path}: not a prepared run (no manifest.parquet); run prepare")
+        raise PosterRayError(f"{path}: not a prepared run (no {run.manifest.name}); run prepare")
     return run
 
 
