@@ -97,16 +97,18 @@ def build_bundle(image_size: int, dataset: Path, folder: Path) -> Path:
     from poster_ray.bundle import write_bundle
     from poster_ray.config import PreprocessSpec
     from poster_ray.data.labels import genres_from_header
+    from poster_ray.layout import ModelDir
 
     with open(dataset / "train.csv", newline="") as file:
         genres = genres_from_header(next(csv.reader(file)))
+    model_dir = ModelDir(folder)
     model = models.build_model("custom_cnn", len(genres), image_size)
-    model.save(folder / "model.keras")
+    model.save(model_dir.model.local_path)
     config = {"model": "custom_cnn", "image_size": image_size, "untrained": True}
     thresholds = [0.5] * len(genres)
     spec = PreprocessSpec(image_size)
-    write_bundle(folder / "bundle", folder / "model.keras", genres, spec, thresholds, config, {})
-    return folder / "bundle"
+    write_bundle(model_dir.bundle, model_dir.model, genres, spec, thresholds, config, {})
+    return model_dir.bundle.local_path
 
 
 def link_posters(posters: list[Path], count: int, folder: Path) -> Path:
@@ -354,6 +356,8 @@ def compare(result: dict, sizes: list[int], precisions: list[str]) -> dict:
 
 
 def main() -> None:
+    from poster_ray.bundle import bundle_info
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bundle", help="a bundle to benchmark (default: build a custom CNN)")
     parser.add_argument("--image-size", type=int, default=128, help="of the built CNN")
@@ -377,7 +381,8 @@ def main() -> None:
             bundle = Path(args.bundle)
         else:
             bundle = build_bundle(args.image_size, dataset, Path(scratch))
-        image_size = json.loads((bundle / "preprocess.json").read_text())["image_size"]
+        info = bundle_info(bundle)  # bundle.json: its spec's size, how it was made
+        image_size = info["image_size"]
         result: dict = {
             "command": shlex.join([sys.executable, *sys.argv]),
             "cpu": cpu_info(),
@@ -385,7 +390,7 @@ def main() -> None:
             "bundle": {
                 "path": args.bundle or f"built: custom_cnn at {image_size} px, untrained",
                 "image_size": image_size,
-                "info": json.loads((bundle / "bundle.json").read_text())["train_config"],
+                "info": info["train_config"],
             },
             "batch_size": args.batch_size,
             "decode_only": {"method": DECODE_METHOD, "runs": []},

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from poster_ray.layout import ModelDir, RunDir
 from poster_ray.storage import Location
 
 # (model name, `poster-ray` arguments after the run directory); the report's CNN first.
@@ -70,10 +71,10 @@ def table_row(name: str, scores: list[float | None], extra: list[str]) -> str:
     return "| " + " | ".join([name, *cells, *extra]) + " |"
 
 
-def model_row(model_dir: Location, wall_s: float | None, command: str) -> tuple[str, dict]:
-    scored = (model_dir / "metrics.json").read_json()
-    history = (model_dir / "history.json").read_json()
-    config = (model_dir / "train_config.json").read_json()
+def model_row(model_dir: ModelDir, wall_s: float | None, command: str) -> tuple[str, dict]:
+    scored = model_dir.metrics.read_json()
+    history = model_dir.history.read_json()
+    config = model_dir.train_config.read_json()
     if config.get("fine_tune_blocks"):  # the fine-tuning epochs, on posters, not the head's
         history = history[-config["fine_tune_epochs"] :]
     rates = [epoch["train_images_per_s"] for epoch in history if "train_images_per_s" in epoch]
@@ -94,16 +95,16 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128, help="of the CNN")
     parser.add_argument("--out", default="bench/results/quality")
     args = parser.parse_args()
-    run = Location.of(args.run)
+    run = RunDir(args.run)
     saved = Location.of(args.out + ".json")
     results = saved.read_json() if saved.is_file() else {}
-    if not (run / "manifest.parquet").is_file():
+    if not run.manifest.is_file():
         prepare = [
             "prepare",
             "--data",
             args.data,
             "--out",
-            run.uri,
+            run.root.uri,
             "--image-size",
             str(args.image_size),
         ]
@@ -113,15 +114,15 @@ def main() -> None:
         }
     lines = []
     for name, argv in MODELS:
-        command = ["poster-ray", argv[0], run.uri, *argv[1:], "--name", name]
-        model_dir = run / "models" / name
-        if not (model_dir / "metrics.json").is_file():
+        command = ["poster-ray", argv[0], run.root.uri, *argv[1:], "--name", name]
+        model_dir = run.model(name)
+        if not model_dir.metrics.is_file():
             results[name] = {"wall_s": poster_ray(*command[1:])}
         row, values = model_row(model_dir, results.get(name, {}).get("wall_s"), " ".join(command))
         results.setdefault(name, {}).update(values, command=" ".join(command))
         lines.append(row)
         saved.write_json(results)
-    baselines = (run / "models" / MODELS[0][0] / "metrics.json").read_json()["baselines"]
+    baselines = run.model(MODELS[0][0]).metrics.read_json()["baselines"]
     for name, scored in baselines.items():
         scores = [
             lookup(scored, path) if split != "val@calibrated" else None

@@ -20,8 +20,9 @@ import time
 from dataclasses import replace
 
 from poster_ray import models, resources, train
-from poster_ray.config import RunDir, TrainConfig
+from poster_ray.config import TrainConfig
 from poster_ray.data.cache import read_split_arrays
+from poster_ray.layout import ModelDir, RunDir
 from poster_ray.runtime import init_ray
 from poster_ray.storage import Location
 from poster_ray.tf_import import keras
@@ -67,7 +68,7 @@ def ray_train(run: RunDir, config: TrainConfig) -> dict:
     name = f"bench-{time.time_ns()}"
     started = time.perf_counter()
     out = train.train(run, name, config)
-    history = (out / "history.json").read_json()
+    history = ModelDir(out).history.read_json()
     rates = [epoch["train_images_per_s"] for epoch in history[1:]]
     placed = train.place_workers(config)
     return {

@@ -1,7 +1,7 @@
 """Model bundles: everything inference needs, in one directory that checks itself.
 
 A bundle keeps the model beside the genre names, the preprocessing spec and the
-per-genre thresholds it was evaluated with, so a prediction can never pair a model with
+per-genre thresholds calibrated for it, so a prediction can never pair a model with
 the wrong vocabulary, image size or cut-offs. A content hash over those files, recorded
 in ``bundle.json``, catches any later edit.
 
@@ -28,12 +28,12 @@ import numpy as np
 
 from poster_ray.config import PreprocessSpec
 from poster_ray.errors import PosterRayError
+from poster_ray.layout import MODEL_FILE
 from poster_ray.storage import Location
 
 if TYPE_CHECKING:  # TensorFlow is imported only when a model is actually loaded.
     from poster_ray.tf_import import keras
 
-MODEL_FILE = "model.keras"
 GENRES_FILE = "genres.json"
 PREPROCESS_FILE = "preprocess.json"
 THRESHOLDS_FILE = "thresholds.json"
@@ -41,6 +41,11 @@ INFO_FILE = "bundle.json"
 # The files the content hash covers, in hashing order.
 HASHED_FILES = (MODEL_FILE, GENRES_FILE, PREPROCESS_FILE, THRESHOLDS_FILE)
 FORMAT_VERSION = 1
+# How a user gets a bundle written again: the export step ends training and tuning.
+REEXPORT_HINT = (
+    "rerun the `poster-ray train` (or `tune`) command that made the model: a finished run "
+    "trains nothing more and exports the model and its bundle again"
+)
 
 
 @dataclass(frozen=True)
@@ -141,7 +146,7 @@ def load_local_bundle(local: Path, location: Location) -> Bundle:
     if content_hash(local) != info.get("content_hash"):
         raise PosterRayError(
             f"{location}: the bundle was modified after it was written (content hash "
-            "mismatch); write it again with `poster-ray evaluate`"
+            f"mismatch); {REEXPORT_HINT}"
         )
     genres = json.loads((local / GENRES_FILE).read_text())
     spec = PreprocessSpec(**json.loads((local / PREPROCESS_FILE).read_text()))

@@ -19,11 +19,11 @@ from poster_ray.config import (
     MONITORS,
     SEARCHERS,
     PreprocessSpec,
-    RunDir,
     TrainConfig,
     TuneSettings,
 )
 from poster_ray.errors import PosterRayError
+from poster_ray.layout import COMPARISON_FILE, ModelDir, RunDir
 from poster_ray.resources import PRECISIONS
 from poster_ray.storage import Location
 
@@ -74,7 +74,7 @@ def evaluate_and_print(model_dir: Location, run: RunDir) -> None:
     from poster_ray.evaluate import evaluate_model_dir, format_headline
 
     print(format_headline(evaluate_model_dir(model_dir, run)))
-    print(f"report: {model_dir / 'report.md'}; bundle: {model_dir / 'bundle'}")
+    print(f"report: {ModelDir(model_dir).report}; bundle: {ModelDir(model_dir).bundle}")
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
@@ -101,10 +101,12 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    model_dir = Location.of(args.model_dir)
-    if not (model_dir / "model.keras").is_file():
-        raise PosterRayError(f"{model_dir}: no model.keras (expected RUN/models/NAME)")
-    evaluate_and_print(model_dir, existing_run(args.run or model_dir.parent.parent.uri))
+    model_dir = ModelDir(args.model_dir)
+    if not model_dir.model.is_file():
+        raise PosterRayError(
+            f"{model_dir.root}: no {model_dir.model.name} (expected RUN/models/NAME)"
+        )
+    evaluate_and_print(model_dir.root, existing_run(args.run or model_dir.root.parent.parent.uri))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -160,7 +162,7 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
 def existing_run(path: str) -> RunDir:
     run = RunDir(path)
     if not run.manifest.is_file():
-        raise PosterRayError(f"{path}: not a prepared run (no manifest.parquet); run prepare")
+        raise PosterRayError(f"{path}: not a prepared run (no {run.manifest.name}); run prepare")
     return run
 
 
@@ -341,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", help="one table of evaluated models beside the trivial baselines"
     )
     compare.add_argument("paths", nargs="+", help="model dirs (RUN/models/NAME) or whole runs")
-    compare.add_argument("--output", default="comparison.md", help="Markdown file to write")
+    compare.add_argument("--output", default=COMPARISON_FILE, help="Markdown file to write")
     compare.set_defaults(func=cmd_compare)
 
     evaluate = commands.add_parser("evaluate", help="test-split metrics beside baselines")

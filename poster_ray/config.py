@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,63 +47,6 @@ class PreprocessSpec:
     @classmethod
     def load(cls, location: Location) -> PreprocessSpec:
         return cls(**location.read_json())
-
-
-@dataclass(frozen=True, init=False)
-class RunDir:
-    """The layout of a run directory (a local path or a URI), shared by every stage."""
-
-    root: Location
-
-    def __init__(self, root: str | os.PathLike | Location) -> None:
-        object.__setattr__(self, "root", Location.of(root))
-
-    @property
-    def manifest(self) -> Location:
-        return self.root / "manifest.parquet"
-
-    @property
-    def genres(self) -> Location:
-        return self.root / "genres.json"
-
-    @property
-    def preprocess(self) -> Location:
-        return self.root / "preprocess.json"
-
-    @property
-    def summary(self) -> Location:
-        return self.root / "prepare_summary.json"
-
-    @property
-    def dropped(self) -> Location:
-        return self.root / "dropped.csv"
-
-    @property
-    def ray_storage(self) -> Location:
-        """Ray Train and Tune runs (checkpoints, results), on the run's own storage."""
-        return self.root / "ray"
-
-    def cache(self, image_size: int) -> Location:
-        """Decoded uint8 posters at one size, Parquet partitioned by split: decoded once,
-        read often. prepare writes the run's own size; other sizes (a pretrained model's
-        native resolution) are decoded when first needed."""
-        return self.root / "cache" / f"{image_size}px"
-
-    def cache_split(self, split: str, image_size: int) -> Location:
-        return self.cache(image_size) / f"split={split}"
-
-    def features(self, backbone: str, image_size: int) -> Location:
-        """A frozen backbone's pooled features of every poster, partitioned by split."""
-        return self.root / "features" / f"{backbone}-{image_size}px"
-
-    def model(self, name: str) -> Location:
-        return self.root / "models" / name
-
-    def load_genres(self) -> list[str]:
-        return self.genres.read_json()
-
-    def load_spec(self) -> PreprocessSpec:
-        return PreprocessSpec.load(self.preprocess)
 
 
 # Validation metrics that can pick the best epoch or trial, with their direction. None of

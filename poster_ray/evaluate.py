@@ -1,10 +1,10 @@
-"""Evaluate stage: score a trained model on the test split, next to trivial baselines.
+"""Evaluate stage: score an exported model's bundle on the test split, next to trivial
+baselines.
 
-Per-genre thresholds are calibrated on the validation split (jointly, for micro-F1),
-then applied to the test split, so the calibrated score is not tuned on the posters it
-is measured on.
-The result is written beside the model: ``metrics.json``, ``report.md`` and a ``bundle/``
-that ``poster-ray predict`` loads.
+The bundle's per-genre thresholds were calibrated on the validation split (jointly, for
+micro-F1) by the export step, and are applied here to the test split, so the calibrated
+score is not tuned on the posters it is measured on. The result is written beside the
+model: ``metrics.json`` and ``report.md`` (ModelDir).
 
 ``metrics.json`` layout (each metrics dict as in ``poster_ray.metrics``)::
 
@@ -12,7 +12,7 @@ that ``poster-ray predict`` loads.
         "model": str,
         "genres": [str, ...],
         "test_split": str,                  # hash of the test ids (see split_fingerprint)
-        "thresholds": [float, ...],         # calibrated on val, one per genre
+        "thresholds": [float, ...],         # the bundle's, calibrated on val, per genre
         "headline": {...},                  # as returned by evaluate_model_dir, minus rows
         "test@0.5": metrics,
         "test@calibrated": metrics,
@@ -24,17 +24,16 @@ that ``poster-ray predict`` loads.
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import replace
+import os
 from typing import Any
 
 import numpy as np
 
-from poster_ray import metrics, models
-from poster_ray.bundle import check_model_matches, write_bundle
-from poster_ray.config import RunDir
+from poster_ray import metrics, models, reports
+from poster_ray.bundle import REEXPORT_HINT, Bundle, load_bundle
 from poster_ray.data.cache import read_split_arrays, train_labels
 from poster_ray.errors import PosterRayError
+from poster_ray.layout import ModelDir, RunDir
 from poster_ray.storage import Location
 from poster_ray.tf_import import keras
 
@@ -71,27 +70,18 @@ def split_fingerprint(ids: np.ndarray) -> str:
     return hashlib.sha256("\n".join(sorted(map(str, ids))).encode()).hexdigest()[:16]
 
 
-def evaluate_model_dir(model_dir: Location, run: RunDir) -> dict:
-    """Evaluate ``model_dir/model.keras`` on ``run``; write metrics, report and bundle.
+def evaluate_model_dir(model_dir: str | os.PathLike | Location, run: RunDir) -> dict:
+    """Score the bundle of `model_dir` (model, genres, spec, thresholds) on `run`'s test
+    split, beside the baselines; write ``metrics.json`` and ``report.md`` beside it.
 
     Returns the headline numbers (see ``headline``) plus ``rows``, the metrics dicts
     that ``format_headline`` tabulates.
     """
-    model_dir = Location.of(model_dir)
-    model_file = model_dir / "model.keras"
-    genres = run.load_genres()
-    with model_file.local_copy() as path:
-        model = models.load_model(path)
-    # The model's own input size: a pretrained backbone's native resolution, say.
-    spec = replace(run.load_spec(), image_size=model.input_shape[1])
-    check_model_matches(model, len(genres), spec, model_file)
-    train_config = read_json(model_dir / "train_config.json", default={})
-    history = read_json(model_dir / "history.json", default=[])
-    name = model_dir.name
-
-    _, val_labels, val_prob = predict_split(model, run, "val")
-    test_ids, test_labels, test_prob = predict_split(model, run, "test")
-    thresholds = metrics.calibrate_micro_f1_thresholds(val_labels, val_prob)
+    model_dir = ModelDir(model_dir)
+    bundle = load_model_bundle(model_dir, run)
+    genres, thresholds = bundle.genres, bundle.thresholds
+    _, val_labels, val_prob = predict_split(bundle.model, run, "val")
+    test_ids, test_labels, test_prob = predict_split(bundle.model, run, "test")
     rows = {
         MODEL_AT_HALF: metrics.classification_metrics(test_labels, test_prob, 0.5, genres),
         MODEL_CALIBRATED: metrics.classification_metrics(
@@ -100,11 +90,11 @@ def evaluate_model_dir(model_dir: Location, run: RunDir) -> dict:
     }
     baselines = metrics.baseline_metrics(train_labels(run), test_labels, genres)
     validation = metrics.classification_metrics(val_labels, val_prob, thresholds, genres)
-    summary = headline(name, rows, baselines, validation)
+    summary = headline(model_dir.name, rows, baselines, validation)
 
-    (model_dir / "metrics.json").write_json(
+    model_dir.metrics.write_json(
         {
-            "model": name,
+            "model": model_dir.name,
             "test_split": split_fingerprint(test_ids),
             "genres": genres,
             "thresholds": thresholds.tolist(),
@@ -115,12 +105,40 @@ def evaluate_model_dir(model_dir: Location, run: RunDir) -> dict:
             "baselines": baselines,
         },
     )
-    curves = [path.name for path in model_dir.glob("curve_*.png")]
-    report = metrics.markdown_report(rows, baselines, genres, curves, detail=MODEL_CALIBRATED)
-    (model_dir / "report.md").write_text(add_model_section(report, name, history, train_config))
-    bundle_config = {**train_config, "model": train_config.get("model", name), "name": name}
-    write_bundle(model_dir / "bundle", model_file, genres, spec, thresholds, bundle_config, summary)
+    write_report(model_dir, rows, baselines, genres)
     return {**summary, "rows": {**rows, **baselines}}
+
+
+def load_model_bundle(model_dir: ModelDir, run: RunDir) -> Bundle:
+    """The model directory's bundle, which must name the run's genres."""
+    if not model_dir.bundle.is_dir():
+        raise PosterRayError(
+            f"{model_dir.root}: no bundle/ beside the model (the export step writes it); "
+            f"{REEXPORT_HINT}"
+        )
+    bundle = load_bundle(model_dir.bundle)
+    if bundle.genres != run.load_genres():
+        raise PosterRayError(
+            f"{model_dir.bundle}: the bundle's {len(bundle.genres)} genres are not the "
+            f"{len(run.load_genres())} of {run.root}"
+        )
+    return bundle
+
+
+def write_report(
+    model_dir: ModelDir, rows: dict[str, dict], baselines: dict[str, dict], genres: list[str]
+) -> None:
+    """``report.md``: what was evaluated and how it trained, the tables and the curves."""
+    curves = [path.name for path in model_dir.curves()]
+    report = reports.markdown_report(rows, baselines, genres, curves, detail=MODEL_CALIBRATED)
+    model_dir.report.write_text(
+        reports.add_model_section(
+            report,
+            model_dir.name,
+            read_json(model_dir.history, default=[]),
+            read_json(model_dir.train_config, default={}),
+        )
+    )
 
 
 def headline(
@@ -143,27 +161,18 @@ def headline(
     }
 
 
-def add_model_section(report: str, name: str, history: list[dict], train_config: dict) -> str:
-    """Insert what was evaluated (model, epochs, training config) under the report's title."""
-    title, body = report.split("\n", 1)
-    config = json.dumps(train_config, indent=2, sort_keys=True)
-    trained = f"trained for {len(history)} epochs" if history else "no training history found"
-    section = f"\nModel `{name}`, {trained}. Training config:\n\n```json\n{config}\n```\n"
-    return f"{title}\n{section}{body}"
-
-
 def format_headline(result: dict, table: bool = True) -> str:
     """A short console summary: the headline table and the verdict against the baseline."""
     verdict = "beats" if result["beats_baseline"] else "does NOT beat"
     return (
-        (metrics.comparison_table(result["rows"]) + "\n" if table else "")
+        (reports.comparison_table(result["rows"]) + "\n" if table else "")
         + f"{result['model']}: micro-F1 {result['micro_f1@calibrated']:.3f} at calibrated "
         f"thresholds ({result['micro_f1@0.5']:.3f} at 0.5) {verdict} "
         f"'{result['baseline']}' ({result['baseline_micro_f1']:.3f})"
     )
 
 
-def compare_models(paths: list[Location]) -> str:
+def compare_models(paths: list[str | os.PathLike | Location]) -> str:
     """One Markdown table of evaluated models, each at its calibrated thresholds and at
     0.5, beside the trivial baselines: the seed report's model comparison.
 
@@ -171,11 +180,11 @@ def compare_models(paths: list[Location]) -> str:
     must have been scored on the same test posters, or the table would mislead.
     """
     evaluated = {
-        model_dir: read_json(model_dir / "metrics.json", {}) for model_dir in model_dirs(paths)
+        model_dir: read_json(model_dir.metrics, {}) for model_dir in evaluated_models(paths)
     }
     splits = {model_dir: result.get("test_split") for model_dir, result in evaluated.items()}
     if len(set(splits.values())) > 1:
-        listing = ", ".join(f"{path} ({split})" for path, split in splits.items())
+        listing = ", ".join(f"{path.root} ({split})" for path, split in splits.items())
         raise PosterRayError(f"these models were tested on different test splits: {listing}")
     labels = model_labels(list(evaluated))
     rows = {}
@@ -183,37 +192,36 @@ def compare_models(paths: list[Location]) -> str:
         rows[f"{labels[model_dir]} @ calibrated"] = result["test@calibrated"]
         rows[f"{labels[model_dir]} @ 0.5"] = result["test@0.5"]
     rows.update(next(iter(evaluated.values()))["baselines"])
-    return metrics.comparison_table(rows)
+    return reports.comparison_table(rows)
 
 
-def model_dirs(paths: list[Location]) -> list[Location]:
+def evaluated_models(paths: list[str | os.PathLike | Location]) -> list[ModelDir]:
     """The evaluated model directories that `paths` name, directly or as whole runs."""
     found = []
-    for path in map(Location.of, paths):
-        if (path / "metrics.json").is_file():
-            found.append(path)
-        elif RunDir(path).manifest.is_file():
-            in_run = [
-                model for model in (path / "models").iterdir() if (model / "metrics.json").is_file()
-            ]
+    for path in paths:
+        model_dir, run = ModelDir(path), RunDir(path)
+        if model_dir.metrics.is_file():
+            found.append(model_dir)
+        elif run.manifest.is_file():
+            in_run = [model for model in run.model_dirs() if model.metrics.is_file()]
             if not in_run:
-                raise PosterRayError(f"{path}: no evaluated model under {path / 'models'}")
+                raise PosterRayError(f"{run.root}: no evaluated model under {run.models}")
             found.extend(in_run)
         else:
             raise PosterRayError(
-                f"{path}: neither an evaluated model (no metrics.json: run `poster-ray "
-                "evaluate`) nor a prepared run"
+                f"{run.root}: neither an evaluated model (no {model_dir.metrics.name}: run "
+                "`poster-ray evaluate`) nor a prepared run"
             )
     return list(dict.fromkeys(found))
 
 
-def model_labels(model_dirs: list[Location]) -> dict[Location, str]:
+def model_labels(model_dirs: list[ModelDir]) -> dict[ModelDir, str]:
     """Each model's directory name, or run/name where two runs share a model name."""
     names = [model_dir.name for model_dir in model_dirs]
     return {
         model_dir: model_dir.name
         if names.count(model_dir.name) == 1
-        else f"{model_dir.parent.parent.name}/{model_dir.name}"
+        else f"{model_dir.root.parent.parent.name}/{model_dir.name}"
         for model_dir in model_dirs
     }
 

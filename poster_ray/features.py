@@ -15,10 +15,10 @@ import numpy as np
 import ray
 
 from poster_ray import resources
-from poster_ray.config import RunDir
 from poster_ray.data.cache import ensure_decoded, read_cached_arrays, unpack_arrays
 from poster_ray.data.context import all_cpus_to_one_operator
 from poster_ray.data.tables import read_table
+from poster_ray.layout import RunDir
 from poster_ray.storage import Location
 
 FEATURES_MARKER = "_features.json"  # written last: the cache is complete

@@ -1,4 +1,4 @@
-"""Honest evaluation: multi-label metrics, per-genre thresholds and trivial baselines.
+"""The numbers of honest evaluation: multi-label metrics, per-genre thresholds, baselines.
 
 The seed report's micro-F1 of 0.31-0.36 was worse than always answering "Drama, Comedy",
 so every model score here is printed next to baselines computed on the same split and
@@ -29,12 +29,7 @@ its score is >= its threshold.
 
 from __future__ import annotations
 
-import io
-from pathlib import Path
-
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import (
     average_precision_score,
     f1_score,
@@ -44,25 +39,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from poster_ray.storage import Location
-
 AVERAGES = ("micro", "macro", "weighted", "samples")
-# Keras history keys plotted by plot_history, each against its "val_" twin.
-CURVE_METRICS = ("precision", "recall", "auc", "pr_auc", "loss")
-# Headline columns: (header, path into a classification_metrics dict).
-HEADLINE_COLUMNS = (
-    ("micro P", ("micro", "precision")),
-    ("micro R", ("micro", "recall")),
-    ("micro F1", ("micro", "f1")),
-    ("macro F1", ("macro", "f1")),
-    ("macro F1 (present)", ("macro_f1_present",)),
-    ("samples F1", ("samples", "f1")),
-    ("Hamming loss", ("hamming_loss",)),
-    ("micro-AP", ("micro_ap",)),
-    ("mAP", ("map",)),
-    ("ROC-AUC", ("roc_auc",)),
-)
-PER_GENRE_COLUMNS = ("precision", "recall", "f1", "support", "ap", "roc_auc", "threshold")
 
 
 # --- thresholds -------------------------------------------------------------------------
@@ -276,148 +253,3 @@ def baseline_metrics(
         name: classification_metrics(y_true, y_score, 0.5, genres)
         for name, y_score in scores.items()
     }
-
-
-# --- report -----------------------------------------------------------------------------
-
-
-def comparison_table(rows: dict[str, dict]) -> str:
-    """Markdown headline table, one row per named classification_metrics dict."""
-    header = ["run"] + [title for title, _ in HEADLINE_COLUMNS]
-    lines = [_markdown_row(header), _markdown_row(["---"] * len(header))]
-    for name, metrics in rows.items():
-        values = [_lookup(metrics, path) for _, path in HEADLINE_COLUMNS]
-        lines.append(_markdown_row([name] + [_fmt(v) for v in values]))
-    return "\n".join(lines) + "\n"
-
-
-def markdown_report(
-    model_metrics: dict[str, dict],
-    baselines: dict[str, dict],
-    genres: list[str],
-    curve_images: list[str],
-    detail: str | None = None,
-) -> str:
-    """Markdown evaluation report: model rows next to baselines, per-genre table, curves.
-
-    `model_metrics` maps a row name (e.g. "model @ 0.5", "model @ calibrated") to its
-    metrics; the per-genre table shows `detail`, by default the last model entry.
-    `curve_images` are paths relative to the report, embedded as images.
-    """
-    detail = detail if detail is not None else list(model_metrics)[-1]
-    by_genre = {row["genre"]: row for row in model_metrics[detail]["per_genre"]}
-    parts = [
-        "# Evaluation report\n",
-        f"{model_metrics[detail]['n_samples']} posters, {len(genres)} genres. "
-        "Baselines are scored on the same split at threshold 0.5.\n",
-        "## Headline\n",
-        comparison_table({**model_metrics, **baselines}),
-        f"## Per genre ({detail})\n",
-        _markdown_row(["genre", *PER_GENRE_COLUMNS]),
-        _markdown_row(["---"] * (len(PER_GENRE_COLUMNS) + 1)),
-    ]
-    for genre in genres:
-        row = by_genre[genre]
-        parts.append(_markdown_row([genre] + [_fmt(row[column]) for column in PER_GENRE_COLUMNS]))
-    if curve_images:
-        parts.append("\n## Training curves\n")
-        parts.extend(f"![{Path(image).stem}]({image})\n" for image in curve_images)
-    return "\n".join(parts) + "\n"
-
-
-def markdown_table(rows: list[dict]) -> str:
-    """A Markdown table of dicts sharing their keys, numbers formatted as in reports."""
-    header = list(rows[0]) if rows else []
-    lines = [_markdown_row(header), _markdown_row(["---"] * len(header))]
-    lines += [_markdown_row([_fmt(row[key]) for key in header]) for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _lookup(metrics: dict, path: tuple[str, ...]) -> float | None:
-    """Follow a key path such as ("micro", "f1") into a metrics dict."""
-    value = metrics
-    for key in path:
-        value = value[key]
-    return value
-
-
-def _fmt(value) -> str:
-    """Scores to three decimals (small ones in scientific notation), integers and text
-    as they are, missing values as n/a."""
-    if value is None or isinstance(value, float) and np.isnan(value):
-        return "n/a"
-    if isinstance(value, float | np.floating):
-        return f"{value:.3f}" if value == 0 or abs(value) >= 0.01 else f"{value:.2e}"
-    return str(value)
-
-
-def _markdown_row(cells: list[str]) -> str:
-    """One Markdown table row; pipes inside cells are escaped."""
-    return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
-
-
-# --- curves -----------------------------------------------------------------------------
-
-
-def plot_history(history: dict[str, list[float]], out_dir: Location) -> list[Location]:
-    """Train vs validation curves per epoch, one `curve_<metric>.png` per metric present.
-
-    These are the seed report's diagnostics (a widening train/validation gap is
-    overfitting). Uses a bare Figure, not pyplot, so no global backend state changes.
-    """
-    out_dir = Location.of(out_dir)
-    written = []
-    for metric in CURVE_METRICS:
-        if metric not in history:
-            continue
-        figure = Figure(figsize=(6, 4))
-        axes = figure.add_subplot()
-        for key, label in ((metric, "train"), (f"val_{metric}", "validation")):
-            if key in history:
-                values = history[key]
-                axes.plot(range(1, len(values) + 1), values, marker="o", label=label)
-        axes.set_title(f"{metric} per epoch")
-        axes.set_xlabel("epoch")
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes.set_ylabel(metric)
-        axes.legend()
-        figure.tight_layout()
-        path = out_dir / f"curve_{metric}.png"
-        save_figure(figure, path)
-        written.append(path)
-    return written
-
-
-def save_figure(figure: Figure, location: Location) -> None:
-    """A PNG of `figure` at `location`, on any storage."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    Location.of(location).write_bytes(buffer.getvalue())
-
-
-def plot_trials(
-    trials: list[dict], objective: str, higher_is_better: bool, path: Location
-) -> Location:
-    """Each tuning trial's best objective in the order the searcher proposed them, with
-    the best so far as a line: how fast the search found what it found."""
-    figure = Figure(figsize=(7, 4))
-    axes = figure.add_subplot()
-    scored = [trial for trial in trials if trial["best"] is not None and np.isfinite(trial["best"])]
-    for status, marker in (("completed", "o"), ("stopped early", "x"), ("error", "s")):
-        points = [(trial["trial"], trial["best"]) for trial in scored if trial["status"] == status]
-        if points:
-            axes.scatter(*zip(*points, strict=True), marker=marker, label=status)
-    if scored:
-        values = [trial["best"] for trial in scored]
-        running = (
-            np.maximum.accumulate(values) if higher_is_better else np.minimum.accumulate(values)
-        )
-        axes.step([trial["trial"] for trial in scored], running, where="post", label="best so far")
-    axes.set_title(f"{objective} per trial (best epoch)")
-    axes.set_xlabel("trial")
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_ylabel(objective)
-    axes.legend()
-    figure.tight_layout()
-    save_figure(figure, path)
-    return path

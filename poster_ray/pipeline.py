@@ -13,8 +13,9 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 
-from poster_ray.config import PreprocessSpec, RunDir, TrainConfig, TuneSettings
+from poster_ray.config import PreprocessSpec, TrainConfig, TuneSettings
 from poster_ray.errors import PosterRayError
+from poster_ray.layout import ModelDir, RunDir
 from poster_ray.storage import Location
 
 
@@ -122,9 +123,9 @@ def run_pipeline(settings: PipelineSettings) -> PipelineResult:
     tune_and_evaluate(result, f"tuned_{pretrained}", settings.pretrained, settings.tune)
 
     stage("compare", "the models beside the trivial baselines", started)
-    result.comparison = write_comparison(run, run.root / "comparison.md")
+    result.comparison = write_comparison(run, run.comparison)
     result.best = best_on_validation(result)
-    bundle = result.models[result.best] / "bundle"
+    bundle = ModelDir(result.models[result.best]).bundle
 
     samples = [str(path) for path in (data_dir / "samples").glob("*.jpg")]
     if samples:
@@ -168,9 +169,9 @@ def record_evaluation(result: PipelineResult, name: str, model_dir: Location, re
     bundle it already has, so predictions made with that bundle stay valid."""
     from poster_ray.evaluate import evaluate_model_dir, format_headline
 
-    evaluated = (model_dir / "metrics.json").is_file() and (model_dir / "bundle").is_dir()
-    if reused and evaluated:
-        headline = (model_dir / "metrics.json").read_json()["headline"]
+    layout = ModelDir(model_dir)
+    if reused and layout.metrics.is_file():
+        headline = layout.metrics.read_json()["headline"]
     else:
         headline = evaluate_model_dir(model_dir, result.run)
     print(format_headline(headline, table=False))

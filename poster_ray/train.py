@@ -17,25 +17,36 @@ import ray
 import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
-from poster_ray import models, resources
-from poster_ray.config import MONITORS, RunDir, TrainConfig, pick_best
+from poster_ray import export, models, resources
+from poster_ray.config import MONITORS, TrainConfig
 from poster_ray.data.cache import load_split, shard_sizes, train_labels
 from poster_ray.errors import PosterRayError
 from poster_ray.features import FeatureCache, ensure_features
-from poster_ray.metrics import plot_history
+from poster_ray.layout import ModelDir, RunDir
 from poster_ray.models.losses import positive_weights
 from poster_ray.runtime import without_progress_bars
 from poster_ray.storage import Location
 from poster_ray.tf_import import keras
 from poster_ray.train_worker import (
-    HISTORY_FILE,
-    MODEL_FILE,
     PLACEMENT_GROUP_KEY,
     build_configured_model,
     train_loop_per_worker,
 )
 
-__all__ = ["PLACEMENT_GROUP_KEY", "train"]
+# What other stages use: tune runs its trials through the same data, checks and trainer.
+__all__ = [
+    "PLACEMENT_GROUP_KEY",
+    "TrainingData",
+    "check_model_builds",
+    "check_settings",
+    "fine_tune",
+    "fit",
+    "input_size",
+    "load_training_data",
+    "make_trainer",
+    "place_workers",
+    "train",
+]
 SHUFFLE_BLOCK_ROWS = 32  # posters per block of a training shard: the unit of block shuffling
 
 
@@ -48,7 +59,7 @@ def train(run: RunDir, name: str, config: TrainConfig) -> Location:
     check_settings(config)
     if is_trained(run, name, config):
         print(f"reusing model {name!r}: trained before with these settings", flush=True)
-        return run.model(name)
+        return run.model(name).root
     check_model_builds(run, config)
     config = place_workers(config)
     print(
@@ -71,12 +82,12 @@ PLACEMENT_SETTINGS = ("workers", "cpus_per_worker", "max_failures", "in_memory")
 def is_trained(run: RunDir, name: str, config: TrainConfig) -> bool:
     """Whether model `name` of `run` was exported from `config` (its last export, after
     fine-tuning where `config` fine-tunes)."""
-    recorded_file = run.model(name) / "train_config.json"
-    if not (run.model(name) / MODEL_FILE).is_file() or not recorded_file.is_file():
+    model_dir = run.model(name)
+    if not model_dir.model.is_file() or not model_dir.train_config.is_file():
         return False
     if models.is_transfer(config.model) and config.fine_tune_blocks:
         config = fine_tune_config(config)
-    recorded = recorded_file.read_json()
+    recorded = model_dir.train_config.read_json()
     wanted = json.loads(json.dumps(asdict(config)))  # as it reads back from the file
     return all(
         recorded.get(key) == value for key, value in wanted.items() if key not in PLACEMENT_SETTINGS
@@ -93,7 +104,7 @@ def fit(
     head_weights: list | None = None,
 ) -> Location:
     """One Ray Train run (`ray_run`, default `name`) of `config` on `data`, then its
-    export as model `name`."""
+    export as model `name` (poster_ray.export)."""
     ray_run = ray_run or name
     trainer = make_trainer(data, config, ray_run, run.ray_storage, head_weights=head_weights)
     try:
@@ -106,8 +117,8 @@ def fit(
         ) from None
     if result.checkpoint is None:
         raise PosterRayError(f"training run {ray_run!r} reported no checkpoint")
-    chosen = best_checkpoint(result, config.monitor) if config.early_stopping else None
-    return export_model(
+    chosen = export.best_checkpoint(result, config.monitor) if config.early_stopping else None
+    return export.export_model(
         run, name, config, chosen or result.checkpoint, result.checkpoint, prior_history
     )
 
@@ -116,10 +127,11 @@ def fine_tune(run: RunDir, name: str, config: TrainConfig, head_dir: Location) -
     """Train the joined model with the backbone's top blocks unfrozen, starting from the
     trained head, on decoded posters with augmentation; exported under the same name,
     its history after the head's."""
-    with (head_dir / MODEL_FILE).local_copy() as path:
+    head = ModelDir(head_dir)
+    with head.model.local_copy() as path:
         head_weights = models.load_model(path).get_layer("head").get_weights()
     keras.backend.clear_session()
-    history = (head_dir / HISTORY_FILE).read_json()
+    history = head.history.read_json()
     tuned = fine_tune_config(config)
     print(
         f"fine-tuning the top {config.fine_tune_blocks} block(s) of {config.model} for up to "
@@ -195,9 +207,7 @@ def feature_cache(run: RunDir, config: TrainConfig) -> FeatureCache | None:
 def input_size(run: RunDir, config: TrainConfig) -> int:
     """The CNN trains at the run's size; a transfer model at its backbone's native
     resolution unless told otherwise."""
-    if models.is_transfer(config.model):
-        return config.input_size or models.native_size(config.model)
-    return run.load_spec().image_size
+    return models.input_size(config.model, run.load_spec().image_size, config.input_size)
 
 
 def make_trainer(
@@ -362,63 +372,3 @@ def step_counts(data: TrainingData, config: TrainConfig) -> dict[str, dict[str, 
         "train": {"batch": batch, "steps": data.train_rows // batch},
         "val": {"batch": val_batch, "steps": data.val_rows // val_batch},
     }
-
-
-def best_checkpoint(result: ray.train.Result, monitor: str) -> ray.train.Checkpoint | None:
-    """The kept checkpoint with the best `monitor` value: early stopping's best weights."""
-    scored = [(metrics[monitor], ckpt) for ckpt, metrics in result.best_checkpoints]
-    if not scored:
-        return None
-    return pick_best(monitor)(scored, key=lambda pair: pair[0])[1]
-
-
-def export_model(
-    run: RunDir,
-    name: str,
-    config: TrainConfig,
-    chosen: ray.train.Checkpoint,
-    latest: ray.train.Checkpoint,
-    prior_history: Sequence[dict] = (),
-) -> Location:
-    """The chosen epoch's model, as one float32 model on uint8 posters (a head trained
-    on features is joined to its backbone), with the full history and its curves.
-    The training precision stays in train_config.json."""
-    out = run.model(name)
-    with chosen.as_directory() as directory, (out / MODEL_FILE).written_locally() as path:
-        model = models.load_model(f"{directory}/{MODEL_FILE}")
-        chosen_epoch = Location.of(f"{directory}/{HISTORY_FILE}").read_json()[-1]["epoch"]
-        if len(model.input_shape) == 2:  # a head, trained on features
-            model = join_head(config, run, model)
-        models.with_precision(model, "float32").save(path, save_format="keras_v3")
-    keras.backend.clear_session()
-    with latest.as_directory() as directory:
-        this_run = Location.of(f"{directory}/{HISTORY_FILE}").read_json()
-    # Fine-tuning continues the head's epochs: one history, numbered on.
-    offset = len(prior_history)
-    history = [*prior_history, *({**epoch, "epoch": epoch["epoch"] + offset} for epoch in this_run)]
-    chosen_epoch += offset
-    (out / HISTORY_FILE).write_json(history)
-    (out / "train_config.json").write_json(
-        {
-            **asdict(config),
-            "name": name,
-            "chosen_epoch": chosen_epoch,
-            "trained_in": history[-1].get("compute_precision"),
-        }
-    )
-    columns = {key: [epoch.get(key) for epoch in history] for key in history[-1]}
-    plot_history(columns, out)
-    return out
-
-
-def join_head(config: TrainConfig, run: RunDir, head: keras.Model) -> keras.Model:
-    """The transfer model on uint8 posters: the backbone with its weights, and `head`."""
-    model = models.build_model(
-        config.model,
-        len(run.load_genres()),
-        input_size(run, config),
-        weights=config.weights,
-        **config.hparams,
-    )
-    model.get_layer("head").set_weights(head.get_weights())
-    return model

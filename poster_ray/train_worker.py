@@ -19,10 +19,9 @@ import ray
 import ray.train
 
 from poster_ray import models, resources
+from poster_ray.layout import HISTORY_FILE, MODEL_FILE
 from poster_ray.tf_import import keras
 
-MODEL_FILE = "model.keras"
-HISTORY_FILE = "history.json"
 PLACEMENT_GROUP_KEY = "placement_group"
 SHUFFLE_BUFFER = 256  # rows, when a shard streams from the object store
 # The share of a node's available memory that its workers' in-memory shards may take.

@@ -25,16 +25,16 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 
-from poster_ray import metrics, models, train
+from poster_ray import export, models, plots, reports, train
 from poster_ray.config import (
     MONITORS,
     SEARCHERS,
-    RunDir,
     TrainConfig,
     TuneSettings,
     pick_best,
 )
 from poster_ray.errors import PosterRayError
+from poster_ray.layout import ModelDir, RunDir
 from poster_ray.models import Choice, Range
 from poster_ray.storage import Location
 
@@ -63,7 +63,7 @@ def tune_model(
     check_same_experiment(experiment, base, settings)
     if is_tuned(run.model(name), settings):
         print(f"reusing model {name!r}: tuned before with these settings", flush=True)
-        return run.model(name)
+        return run.model(name).root
     # Trials at once share the nodes, or they would queue.
     base = train.place_workers(base, groups=settings.concurrency)
     data = train.load_training_data(run, base)
@@ -179,13 +179,12 @@ def check_same_experiment(experiment: Location, base: TrainConfig, settings: Tun
     saved_file.write_json(wanted)
 
 
-def is_tuned(model_dir: Location, settings: TuneSettings) -> bool:
+def is_tuned(model_dir: ModelDir, settings: TuneSettings) -> bool:
     """Whether `model_dir` holds the export of a finished experiment with `settings` (the
     experiment's own settings were checked against the ones it started with)."""
-    summary_file = model_dir / "tuning.json"
-    if not summary_file.is_file():
+    if not model_dir.tuning.is_file():
         return False
-    return summary_file.read_json().get("settings") == json.loads(json.dumps(asdict(settings)))
+    return model_dir.tuning.read_json().get("settings") == json.loads(json.dumps(asdict(settings)))
 
 
 def make_trainable(
@@ -493,7 +492,7 @@ def export_best(
         )
     best = pick_best(settings.objective)(scored, key=lambda row: row["best"])
     config = point_config(base, {key: best[key] for key in models.SEARCH_SPACES[base.model]})
-    out = train.export_model(
+    out = export.export_model(
         run,
         name,
         config,
@@ -502,8 +501,8 @@ def export_best(
     )
     table = [{key: value for key, value in row.items() if "checkpoint" not in key} for row in rows]
     (out / "trials.csv").write_text(pd.DataFrame(table).to_csv(index=False))
-    (out / "trials.md").write_text(metrics.markdown_table(table))
-    metrics.plot_trials(
+    (out / "trials.md").write_text(reports.markdown_table(table))
+    plots.plot_trials(
         table, settings.objective, MONITORS[settings.objective] == "max", out / "trials.png"
     )
     summary = {

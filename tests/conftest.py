@@ -36,8 +36,9 @@ def synthetic_dataset(tmp_path: Path) -> Path:
 def dirty_run(ray_session, tmp_path_factory):
     """(dataset root, RunDir, summary) of one prepare run on a dataset with every kind of
     dirt, shared by the data stage's tests: prepare is their slow part."""
-    from poster_ray.config import PreprocessSpec, RunDir
+    from poster_ray.config import PreprocessSpec
     from poster_ray.data.prepare import prepare
+    from poster_ray.layout import RunDir
 
     root = make_dataset(tmp_path_factory.mktemp("dirty"), n=DIRTY_GOOD_POSTERS, **DIRTY)
     run = RunDir(tmp_path_factory.mktemp("run"))

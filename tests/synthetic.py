@@ -193,8 +193,9 @@ def make_dataset(
 
 def prepared_run(root: Path, n: int, image_size: int, seed: int = 0):
     """`n` synthetic posters under root/dataset, prepared at `image_size` into root/run."""
-    from poster_ray.config import PreprocessSpec, RunDir
+    from poster_ray.config import PreprocessSpec
     from poster_ray.data.prepare import prepare
+    from poster_ray.layout import RunDir
 
     run = RunDir(root / "run")
     prepare(make_dataset(root / "dataset", n=n, seed=seed), run, PreprocessSpec(image_size), seed=0)

@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 from synthetic import DIRTY_IMAGE_SIZE
 
-from poster_ray.config import SPLITS, PreprocessSpec, RunDir
+from poster_ray.config import SPLITS, PreprocessSpec
 from poster_ray.data.cache import load_split, read_split_arrays
 from poster_ray.errors import PosterRayError
 from poster_ray.images import read_and_decode
+from poster_ray.layout import RunDir
 
 SHAPE = (DIRTY_IMAGE_SIZE, DIRTY_IMAGE_SIZE, 3)
 

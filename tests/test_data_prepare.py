@@ -21,9 +21,10 @@ from synthetic import (
     make_dataset,
 )
 
-from poster_ray.config import SPLITS, PreprocessSpec, RunDir
+from poster_ray.config import SPLITS, PreprocessSpec
 from poster_ray.data.prepare import prepare
 from poster_ray.errors import PosterRayError
+from poster_ray.layout import RunDir
 
 SPEC = PreprocessSpec(DIRTY_IMAGE_SIZE)
 

@@ -1,7 +1,7 @@
-"""Evaluate stage on a prepared synthetic run: metrics, report and bundle beside the model."""
+"""Export's bundle and the evaluate stage on a prepared synthetic run: thresholds
+calibrated on val, metrics and report beside the model."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,7 +10,7 @@ from synthetic import make_dataset, prepared_run
 
 from poster_ray import metrics, models
 from poster_ray.bundle import load_bundle
-from poster_ray.config import PreprocessSpec, RunDir
+from poster_ray.config import PreprocessSpec
 from poster_ray.data.cache import read_split_arrays
 from poster_ray.data.prepare import prepare
 from poster_ray.errors import PosterRayError
@@ -20,6 +20,10 @@ from poster_ray.evaluate import (
     format_headline,
     predict_arrays,
 )
+from poster_ray.export import export_bundle
+from poster_ray.layout import ModelDir, RunDir
+from poster_ray.plots import plot_history
+from poster_ray.storage import Location
 
 SPEC = PreprocessSpec(32)
 CONFIG = {"model": "custom_cnn", "epochs": 2, "batch_size": 16, "learning_rate": 1e-3}
@@ -35,8 +39,8 @@ def run(ray_session, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def model_dir(run):
-    """A tiny CNN fitted for two epochs, saved as training would save it."""
+def model_dir(run) -> ModelDir:
+    """A tiny CNN fitted for two epochs, saved and exported as training would."""
     _, images, labels = read_split_arrays(run, "train")
     model = models.build_custom_cnn(
         len(run.load_genres()), image_size=SPEC.image_size, filters=(4, 4), dense_units=(8,)
@@ -47,28 +51,29 @@ def model_dir(run):
         {"epoch": epoch, "loss": loss, "val_loss": loss}
         for epoch, loss in enumerate(fit.history["loss"], start=1)
     ]
-    directory = run.root.local_path / "models" / "custom_cnn"
-    directory.mkdir(parents=True)
-    model.save(directory / "model.keras")
-    (directory / "history.json").write_text(json.dumps(history))
-    (directory / "train_config.json").write_text(json.dumps(CONFIG))
-    metrics.plot_history({"loss": fit.history["loss"]}, directory)
+    directory = run.model("custom_cnn")
+    directory.root.local_path.mkdir(parents=True)
+    model.save(directory.model.local_path)
+    directory.history.write_json(history)
+    directory.train_config.write_json(CONFIG)
+    plot_history({"loss": fit.history["loss"]}, directory)
+    export_bundle(run, directory)
     return directory
 
 
 @pytest.fixture(scope="module")
 def result(model_dir, run):
-    return evaluate_model_dir(model_dir, run)
+    return evaluate_model_dir(model_dir.root, run)
 
 
 @pytest.fixture(scope="module")
 def written(result, model_dir):
-    return json.loads((model_dir / "metrics.json").read_text())
+    return model_dir.metrics.read_json()
 
 
-def split_predictions(model_dir, run, split):
+def split_predictions(model_dir: ModelDir, run, split):
     _, images, labels = read_split_arrays(run, split)
-    return labels, predict_arrays(models.load_model(model_dir / "model.keras"), images)
+    return labels, predict_arrays(models.load_model(model_dir.model.local_path), images)
 
 
 def test_metrics_json_layout(written, run):
@@ -123,7 +128,7 @@ def test_result_holds_the_headline_numbers(result, written):
 
 
 def test_report_shows_model_baselines_and_curves(result, written, model_dir):
-    report = (model_dir / "report.md").read_text()
+    report = model_dir.report.read_text()
     assert report.startswith("# Evaluation report\n")
     assert "Model `custom_cnn`, trained for 2 epochs" in report
     assert '"batch_size": 16' in report
@@ -139,35 +144,59 @@ def test_format_headline_lists_every_row(result):
     assert result["baseline"] in text.splitlines()[-1]
 
 
-def test_bundle_carries_the_calibrated_thresholds(result, written, model_dir, run):
-    bundle = load_bundle(model_dir / "bundle")
+def test_the_exported_bundle_carries_the_thresholds_evaluate_applied(
+    result, written, model_dir, run
+):
+    bundle = load_bundle(model_dir.bundle)
     np.testing.assert_allclose(bundle.thresholds, written["thresholds"])
     assert bundle.genres == run.load_genres()
     assert bundle.spec == SPEC
     assert bundle.info["train_config"] == {**CONFIG, "name": "custom_cnn"}
-    assert bundle.info["metrics"] == written["headline"]
+    # What the thresholds scored on the posters they were calibrated on: evaluate's
+    # in-sample validation row.
+    val_labels, val_prob = split_predictions(model_dir, run, "val")
+    at_half = metrics.classification_metrics(val_labels, val_prob, 0.5, run.load_genres())
+    validation = written["val@calibrated"]
+    assert bundle.info["metrics"] == {
+        "split": "val",
+        "posters": validation["n_samples"],
+        "micro_f1@0.5": pytest.approx(at_half["micro"]["f1"]),
+        "micro_f1@calibrated": pytest.approx(validation["micro"]["f1"]),
+    }
 
 
 def test_a_model_for_another_genre_list_is_refused(run, tmp_path):
     model = models.build_custom_cnn(3, image_size=SPEC.image_size, filters=(4, 4), dense_units=(8,))
-    model.save(tmp_path / "model.keras")
+    model_dir = ModelDir(tmp_path)
+    model.save(model_dir.model.local_path)
     with pytest.raises(PosterRayError, match="outputs 3 genres but the genre list has 6"):
-        evaluate_model_dir(tmp_path, run)
+        export_bundle(run, model_dir)
 
 
-def save_untrained_model(run: RunDir, name: str) -> Path:
-    """A second model to compare: the same CNN, never trained."""
-    model = models.build_custom_cnn(
+def test_evaluate_without_a_bundle_says_how_to_export_one(run, tmp_path):
+    model_dir = ModelDir(tmp_path)
+    untrained_model(run).save(model_dir.model.local_path)
+    with pytest.raises(PosterRayError, match=r"no bundle/ beside the model .*poster-ray train"):
+        evaluate_model_dir(model_dir.root, run)
+
+
+def untrained_model(run: RunDir):
+    return models.build_custom_cnn(
         len(run.load_genres()), image_size=SPEC.image_size, filters=(4, 4), dense_units=(8,)
     )
-    directory = run.root.local_path / "models" / name
-    directory.mkdir(parents=True)
-    model.save(directory / "model.keras")
-    return directory
+
+
+def export_untrained_model(run: RunDir, name: str) -> Location:
+    """A second model to compare: the same CNN, never trained, exported."""
+    directory = run.model(name)
+    directory.root.local_path.mkdir(parents=True)
+    untrained_model(run).save(directory.model.local_path)
+    export_bundle(run, directory)
+    return directory.root
 
 
 def test_compare_tables_every_model_of_a_run_beside_the_baselines(result, run):
-    evaluate_model_dir(save_untrained_model(run, "untrained"), run)
+    evaluate_model_dir(export_untrained_model(run, "untrained"), run)
     table = compare_models([run.root])
     names = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
     assert names[:4] == [
@@ -182,10 +211,10 @@ def test_compare_tables_every_model_of_a_run_beside_the_baselines(result, run):
 
 def test_compare_refuses_models_tested_on_different_posters(result, model_dir, tmp_path):
     other = prepared_run(tmp_path, n=60, image_size=SPEC.image_size, seed=3)
-    other_model = save_untrained_model(other, "custom_cnn")
+    other_model = export_untrained_model(other, "custom_cnn")
     evaluate_model_dir(other_model, other)
     with pytest.raises(PosterRayError, match="different test splits"):
-        compare_models([model_dir, other_model])
+        compare_models([model_dir.root, other_model])
 
 
 def test_compare_names_a_path_that_is_not_an_evaluated_model(tmp_path):
@@ -197,7 +226,8 @@ def test_compare_command_prints_and_writes_the_table(result, run, tmp_path, caps
     from poster_ray.cli import main
 
     output = tmp_path / "report" / "comparison.md"
-    assert main(["compare", str(run.root / "models" / "custom_cnn"), "--output", str(output)]) == 0
+    model_dir = run.model("custom_cnn").root
+    assert main(["compare", str(model_dir), "--output", str(output)]) == 0
     printed = capsys.readouterr().out
     assert "custom_cnn @ calibrated" in printed and f"wrote {output}" in printed
-    assert compare_models([run.root / "models" / "custom_cnn"]) in output.read_text()
+    assert compare_models([model_dir]) in output.read_text()

@@ -1,4 +1,5 @@
-"""Metrics checked against numbers worked out by hand on a 4-poster, 3-genre example."""
+"""Metrics checked against numbers worked out by hand on a 4-poster, 3-genre example, and
+the Markdown reports (poster_ray.reports) that show them."""
 
 from __future__ import annotations
 
@@ -12,13 +13,11 @@ from poster_ray.metrics import (
     calibrate_micro_f1_thresholds,
     calibrate_thresholds,
     classification_metrics,
-    comparison_table,
     constant_top_k_baseline,
     frequency_baseline,
-    markdown_report,
     nothing_baseline,
-    plot_history,
 )
+from poster_ray.reports import comparison_table, markdown_report
 
 GENRES = ["Action", "Comedy", "Drama"]
 # Columns A(ction), C(omedy), D(rama); 6 ones out of 12 cells: label density 0.5.
@@ -201,21 +200,6 @@ def test_comparison_table_formats_none_as_na(metrics):
     no_ranking = {**metrics, "micro_ap": None, "map": None, "roc_auc": None}
     table = comparison_table({"run": no_ranking})
     assert table.rstrip().endswith("| 0.250 | n/a | n/a | n/a |")
-
-
-def test_plot_history_writes_present_curves_only(tmp_path):
-    history = {
-        "precision": [0.2, 0.3, 0.4],
-        "val_precision": [0.2, 0.25, 0.27],
-        "loss": [0.5, 0.4, 0.3],
-        "val_loss": [0.5, 0.45, 0.44],
-    }
-    paths = plot_history(history, tmp_path / "curves")
-    assert [p.name for p in paths] == ["curve_precision.png", "curve_loss.png"]
-    for path in paths:
-        assert path.read_bytes().startswith(b"\x89PNG")
-    assert not (tmp_path / "curves" / "curve_recall.png").exists()
-    assert not (tmp_path / "curves" / "curve_auc.png").exists()
 
 
 def test_micro_f1_calibration_silences_a_rare_genre_that_only_adds_false_positives():

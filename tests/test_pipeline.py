@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import pytest
 
-from poster_ray.config import RunDir
 from poster_ray.errors import PosterRayError
 from poster_ray.infer import job
+from poster_ray.layout import RunDir
 from poster_ray.pipeline import PROFILES, drop_stale_predictions, infer_manifest, profile_settings
 from poster_ray.storage import Location
 

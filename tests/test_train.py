@@ -22,10 +22,11 @@ from synthetic import prepared_run
 
 from poster_ray import models, train, train_worker
 from poster_ray.bundle import load_bundle
-from poster_ray.config import PreprocessSpec, RunDir, TrainConfig
+from poster_ray.config import PreprocessSpec, TrainConfig
 from poster_ray.data import cache
 from poster_ray.errors import PosterRayError
 from poster_ray.evaluate import evaluate_model_dir
+from poster_ray.layout import ModelDir, RunDir
 
 TINY_CNN = {"filters": [4, 8], "kernel_size": 3, "dense_units": [16]}
 # Every precision branch runs on any CPU, each in its own test: bfloat16 here (chosen on
@@ -54,10 +55,10 @@ def trained(run: RunDir) -> Path:
 
 
 def history_of(model_dir: Path) -> list[dict]:
-    return json.loads((model_dir / "history.json").read_text())
+    return ModelDir(model_dir).history.read_json()
 
 
-def test_two_workers_leave_model_history_curves_and_checkpoints(run, trained):
+def test_two_workers_leave_model_history_curves_checkpoints_and_bundle(run, trained):
     history = history_of(trained)
     assert [epoch["epoch"] for epoch in history] == [1, 2, 3, 4, 5]
     assert {epoch["compute_precision"] for epoch in history} == {"bfloat16"}
@@ -72,6 +73,11 @@ def test_two_workers_leave_model_history_curves_and_checkpoints(run, trained):
     assert checkpoints
     # Keras v3 zips, loadable in safe mode: not HDF5 under a .keras name.
     assert all(zipfile.is_zipfile(path) for path in [*checkpoints, trained / "model.keras"])
+    # The export step writes the bundle, before any evaluation.
+    bundle = load_bundle(ModelDir(trained).bundle)
+    assert bundle.genres == run.load_genres()
+    assert bundle.spec == PreprocessSpec(32)
+    assert not ModelDir(trained).metrics.exists()
 
 
 def test_the_model_learns_genre_colours(run, trained):
@@ -81,9 +87,6 @@ def test_the_model_learns_genre_colours(run, trained):
     learned = result["rows"]["model @ 0.5"]["micro_ap"]
     frequencies = result["rows"]["training frequencies"]["micro_ap"]
     assert learned > frequencies + 0.15, (learned, frequencies)
-    bundle = load_bundle(trained / "bundle")
-    assert bundle.genres == run.load_genres()
-    assert bundle.spec == PreprocessSpec(32)
 
 
 def test_a_model_trained_with_the_same_settings_is_reused_not_exported_again(run, trained, capsys):

@@ -13,8 +13,9 @@ import pytest
 from synthetic import prepared_run
 
 from poster_ray import models, tune
-from poster_ray.config import RunDir, TrainConfig, TuneSettings
+from poster_ray.config import TrainConfig, TuneSettings
 from poster_ray.errors import PosterRayError
+from poster_ray.layout import RunDir
 
 # Small enough to train in seconds, still the seed's 4-block architecture (needs ~94 px).
 SMALL = {**models.DEFAULT_POINTS["custom_cnn"], "batch_size": 16, "filters": 8, "dense_units": 32}

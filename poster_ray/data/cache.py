@@ -14,11 +14,12 @@ import numpy as np
 import pandas as pd
 import ray
 
-from poster_ray.config import PreprocessSpec, RunDir
+from poster_ray.config import PreprocessSpec
 from poster_ray.data.context import all_cpus_to_one_operator
 from poster_ray.data.tables import read_table
 from poster_ray.errors import PosterRayError
 from poster_ray.images import decode_files, pack_images
+from poster_ray.layout import RunDir
 from poster_ray.runtime import init_ray
 from poster_ray.storage import Location
 

@@ -30,4 +30,3 @@ def all_cpus_to_one_operator() -> AbstractContextManager[None]:
     speed with it off (bench/preprocess_throughput.py).
     """
     return data_context(op_resource_reservation_enabled=False)
-

@@ -12,12 +12,13 @@ import numpy as np
 import pandas as pd
 import ray
 
-from poster_ray.config import ID_COLUMN, SPLITS, PreprocessSpec, RunDir
+from poster_ray.config import ID_COLUMN, SPLITS, PreprocessSpec
 from poster_ray.data.cache import decode_to_cache
 from poster_ray.data.labels import attach_image_paths, clean_labels, read_checked_csv
 from poster_ray.data.split import split_rows
 from poster_ray.data.tables import read_table, write_table
 from poster_ray.errors import PosterRayError
+from poster_ray.layout import RunDir
 from poster_ray.runtime import init_ray
 from poster_ray.storage import Location
 

@@ -35,6 +35,7 @@ __all__ = [
     "compile_model",
     "genre_head",
     "inference_function",
+    "input_size",
     "is_transfer",
     "load_model",
     "make_loss",
@@ -54,6 +55,14 @@ def is_transfer(name: str) -> bool:
 def native_size(name: str) -> int:
     """The input size a transfer model's backbone was pretrained at."""
     return BACKBONES[name].native_size
+
+
+def input_size(name: str, run_size: int, override: int | None = None) -> int:
+    """The poster size model `name` takes: the CNN the run's own (`run_size`), a transfer
+    model its backbone's native resolution unless `override` says otherwise."""
+    if is_transfer(name):
+        return override or native_size(name)
+    return run_size
 
 
 def build_model(
