@@ -33,17 +33,11 @@ SPLITS = tuple(SPLIT_FRACTIONS)
 
 
 def setting(
-    default: Any = None,
-    help: str = "",
-    *,
-    choices: tuple | None = None,
-    factory: Any = None,
-    flag: str | None = None,
+    default: Any = None, help: str = "", *, choices: tuple | None = None, factory: Any = None
 ) -> Any:
     """A settings field: its default (or `factory` for a mutable one), the help text of
-    its command-line flag, the values it may take, and the flag itself when it is not
-    the field's name (`--field-name`)."""
-    metadata = {"help": help, "choices": choices, "flag": flag}
+    its command-line flag `--field-name`, and the values it may take."""
+    metadata = {"help": help, "choices": choices}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -171,7 +165,7 @@ class PrepareSettings:
 
 @dataclass(frozen=True)
 class RaySettings:
-    """How a stage that has no other use for it starts a local Ray."""
+    """The local Ray of `train` and `tune` (the other stages' settings hold num_cpus)."""
 
     num_cpus: int | None = num_cpus_setting()
 

@@ -1,11 +1,12 @@
 """Command-line options generated from the settings dataclasses (config.py).
 
-Every field becomes one flag: `--field-name` unless its metadata names another, its
-type from the annotation (JSON for dicts and lists, `--x/--no-x` for booleans), its
-help and choices from its metadata. An option left out sets nothing, so the values a
-command line gave are known apart from the defaults, which stay in the dataclass (or a
-pipeline profile). Each field's value lands under its class's own name in the parsed
-arguments: two settings classes may share a field name without mixing up.
+Every field becomes one flag, `--field-name`, its type from the annotation (JSON for
+dicts and lists, `--x/--no-x` for booleans), its help and choices from the field's
+metadata. An option left out sets nothing, so what a command line gave is known apart
+from the defaults, which stay in the dataclass (or a pipeline profile). Each value is
+kept under its class's name in the parsed arguments, so nothing is routed by a field
+name alone; two classes that share a field name on one command are refused by argparse
+as conflicting flags when the parser is built.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from typing import Any
 
 
 def flag_of(field: dataclasses.Field) -> str:
-    """A field's command-line flag."""
-    return field.metadata.get("flag") or f"--{field.name.replace('_', '-')}"
+    """A field's command-line flag: its name, so that flag and field never drift apart."""
+    return f"--{field.name.replace('_', '-')}"
 
 
 def value_type(annotation: Any) -> Any:
