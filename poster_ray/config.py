@@ -1,10 +1,17 @@
-"""Constants and the preprocessing spec: one source of truth for every stage."""
+"""Constants, the preprocessing spec and every stage's settings: one source of truth.
+
+Each stage's settings are one frozen dataclass whose fields carry their default and
+their help text (`setting`); the command line is generated from them (options.py),
+the pipeline's profiles are instances of them, and Ray workers receive them as they are.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+from poster_ray.resources import PRECISIONS
 from poster_ray.storage import Location
 
 DATASET_URL = "https://github.com/laxmimerit/Movies-Poster_Dataset"
@@ -22,6 +29,17 @@ MODEL_NAMES = ("custom_cnn", "efficientnet_lite0", "efficientnet_lite2", "vgg16"
 
 SPLIT_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}
 SPLITS = tuple(SPLIT_FRACTIONS)
+
+
+def setting(
+    default: Any = None, help: str = "", *, choices: tuple | None = None, factory: Any = None
+) -> Any:
+    """A settings field: its default (or `factory` for a mutable one), the help text of
+    its command-line flag `--field-name`, and the values it may take."""
+    metadata = {"help": help, "choices": choices}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -60,53 +78,124 @@ def pick_best(monitor: str):
     return min if MONITORS[monitor] == "min" else max
 
 
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run; saved with its model."""
-
-    model: str = "custom_cnn"
-    epochs: int = 10
-    batch_size: int = 32  # global: split evenly across the workers
-    learning_rate: float = 1e-3
-    workers: int | None = None  # None: one per node with CPUs (one per GPU with `gpu`)
-    gpu: bool = False
-    cpus_per_worker: float | None = None  # None: a share of the node (resources.py)
-    precision: str = "auto"  # auto, float32, bfloat16 or float16: resources.PRECISIONS
-    early_stopping: int = 3  # patience in epochs on `monitor`; 0 turns it off
-    monitor: str = "val_loss"  # picks the best epoch: one of MONITORS
-    loss: str = "bce"  # one of LOSSES
-    hparams: dict = field(default_factory=dict)
-    # Transfer models: backbone weights (imagenet, none or a file), input size (default:
-    # the backbone's native resolution), and optional fine-tuning after the head.
-    weights: str = "imagenet"
-    input_size: int | None = None
-    fine_tune_blocks: int = 0  # the backbone's top blocks to unfreeze; 0: frozen backbone
-    fine_tune_epochs: int = 3
-    fine_tune_learning_rate: float = 1e-4
-    max_failures: int = 2
-    # Workers copy their shard into memory (True), stream it from Ray's object store each
-    # epoch (False), or copy it when it fits (None: train_worker.reads_from_memory).
-    in_memory: bool | None = None
-
-
 # Multi-label losses (models.losses): plain, positive-weighted per genre, focal, asymmetric.
 LOSSES = ("bce", "weighted_bce", "focal", "asymmetric")
 
 SEARCHERS = ("tpe", "gp")  # Optuna's TPE; Gaussian-process BayesOptSearch
 
+# Each process picks its own from its hardware (resources.resolve_precision).
+AUTO_PRECISION = "auto"
+PRECISION_HELP = "auto: float16 on a GPU, bfloat16 on a CPU that has it natively, else float32"
 
-@dataclass
+
+def num_cpus_setting() -> Any:
+    """The one definition of --num-cpus, for every stage that may start a local Ray."""
+    return setting(None, "CPUs for a local Ray (default: all); ignored inside a cluster")
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """What the prepare stage reads, where it writes, and how it samples and splits."""
+
+    data: str | None = setting(None, "dataset folder (train.csv + Images/); default $POSTER_DATA")
+    out: str = setting("runs/latest", "run directory to write: a path or a URI")
+    image_size: int = setting(PreprocessSpec.image_size, "poster size in pixels (square)")
+    seed: int = setting(42, "seed of the sample and of the train/val/test split")
+    limit: int | None = setting(None, "use a random sample of this many posters")
+    num_cpus: int | None = num_cpus_setting()
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """The local Ray of `train` and `tune` (the other stages' settings hold num_cpus)."""
+
+    num_cpus: int | None = num_cpus_setting()
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run; saved with its model."""
+
+    model: str = setting("custom_cnn", "the model to train", choices=MODEL_NAMES)
+    epochs: int = setting(10, "epochs at most")
+    batch_size: int = setting(32, "global batch: split evenly across the workers")
+    learning_rate: float = setting(1e-3, "Adam's learning rate")
+    workers: int | None = setting(
+        None, "training workers (default: one per node with CPUs, one per GPU with --gpu)"
+    )
+    gpu: bool = setting(False, "a GPU per worker")
+    cpus_per_worker: float | None = setting(
+        None, "CPUs each worker reserves (default: an equal share of each node's CPUs)"
+    )
+    precision: str = setting(AUTO_PRECISION, PRECISION_HELP, choices=PRECISIONS)
+    early_stopping: int = setting(
+        3, "patience in epochs on --monitor, keeping the best epoch; 0 turns it off"
+    )
+    monitor: str = setting("val_loss", "picks the best epoch", choices=tuple(MONITORS))
+    loss: str = setting("bce", "the multi-label loss (models.losses)", choices=LOSSES)
+    hparams: dict = setting(help="model hyperparameters as a JSON object", factory=dict)
+    weights: str = setting("imagenet", "pretrained models: imagenet, none or a weights file")
+    input_size: int | None = setting(
+        None, "pretrained models: poster size (default: the backbone's native resolution)"
+    )
+    fine_tune_blocks: int = setting(
+        0, "pretrained models: top backbone blocks to unfreeze after the head; 0: frozen"
+    )
+    fine_tune_epochs: int = setting(3, "epochs of fine-tuning, at most")
+    fine_tune_learning_rate: float = setting(1e-4, "learning rate of fine-tuning")
+    max_failures: int = setting(2, "restarts of the workers after a failure")
+    in_memory: bool | None = setting(
+        None,
+        "workers copy their shard into memory, or stream it from Ray's object store each "
+        "epoch (default: copy it when it fits)",
+    )
+
+
+@dataclass(frozen=True)
 class TuneSettings:
     """What a tuning experiment searches, and how it spends its time."""
 
-    trials: int = 10
-    max_epochs: int = 10
-    searcher: str = "tpe"  # tpe: Optuna's TPE; gp: Gaussian-process BayesOptSearch
-    objective: str = "val_pr_auc"  # one of config.MONITORS
-    time_budget_s: float | None = None
-    concurrency: int = 1  # trials at once
-    grace_period: int = 1  # epochs every trial trains before ASHA may stop it
-    reduction_factor: int = 2  # ASHA keeps the best 1/reduction_factor at each rung
-    seed: int = 0
-    # Configurations tried first, before the searcher's own; default: the untuned model.
-    start_points: list[dict] = field(default_factory=list)
+    trials: int = setting(10, "trials to run")
+    max_epochs: int = setting(10, "epochs per trial, at most")
+    searcher: str = setting(
+        "tpe",
+        "tpe: Optuna's TPE; gp: Gaussian process (needs the bayesopt extra)",
+        choices=SEARCHERS,
+    )
+    objective: str = setting("val_pr_auc", "what the search maximises", choices=tuple(MONITORS))
+    time_budget: float | None = setting(None, "seconds; then the best trial so far wins")
+    concurrency: int = setting(1, "trials at once")
+    workers_per_trial: int = setting(1, "Ray Train workers per trial")
+    grace_period: int = setting(1, "epochs every trial trains before ASHA may stop it")
+    reduction_factor: int = setting(2, "ASHA keeps the best 1/reduction_factor at each rung")
+    searcher_seed: int = setting(0, "seed of the searcher's proposals")
+    start_points: list[dict] = setting(
+        help="points tried first, as a JSON list of objects (default: the untuned model)",
+        factory=list,
+    )
+
+
+@dataclass(frozen=True)
+class InferSettings:
+    """How bulk inference runs: model actors, their hardware, batches and output."""
+
+    workers: int | None = setting(None, "model actors (default: 1, growing to one per node or GPU)")
+    gpu: bool = setting(False, "one GPU per model actor")
+    batch_size: int = setting(64, "posters per model call")
+    precision: str = setting(AUTO_PRECISION, PRECISION_HELP, choices=PRECISIONS)
+    cpus_per_worker: float | None = setting(
+        None, "CPUs each model actor reserves (default: planned from the nodes)"
+    )
+    all_probabilities: bool = setting(False, "also write every genre's probability")
+    num_cpus: int | None = num_cpus_setting()
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """Everything one end-to-end run needs: each stage's own settings."""
+
+    prepare: PrepareSettings = field(default_factory=PrepareSettings)
+    cnn: TrainConfig = field(default_factory=TrainConfig)  # the report's CNN
+    pretrained: TrainConfig = field(default_factory=lambda: TrainConfig(model="efficientnet_lite0"))
+    tune: TuneSettings = field(default_factory=TuneSettings)  # searches the pretrained head
+    infer: InferSettings = field(default_factory=InferSettings)

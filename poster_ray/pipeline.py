@@ -1,8 +1,8 @@
 """The whole pipeline, end to end: prepare, train, evaluate, tune, compare, predict, infer.
 
-One typed settings object drives every stage; `poster-ray pipeline` and
-`jobs/pipeline.py` only turn arguments into it. Profiles are the presets: `quick` runs
-in minutes on a 2-core laptop, `full` is the real thing. Two models train: the report's
+One typed settings object (config.PipelineSettings) drives every stage; `poster-ray
+pipeline` and `jobs/pipeline.py` only turn arguments into it. Profiles are the presets:
+`quick` runs in minutes on a 2-core laptop, `full` is the real thing. Two models train: the report's
 CNN from scratch and a pretrained backbone under a genre head; the head is tuned, and
 the model that scores best on validation predicts the samples and the bulk inference.
 """
@@ -11,70 +11,74 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
-from poster_ray.config import PreprocessSpec, TrainConfig, TuneSettings
+from poster_ray.config import (
+    InferSettings,
+    PipelineSettings,
+    PrepareSettings,
+    PreprocessSpec,
+    TrainConfig,
+    TuneSettings,
+)
 from poster_ray.errors import PosterRayError
 from poster_ray.layout import ModelDir, RunDir
 from poster_ray.storage import Location
-
-
-@dataclass(frozen=True)
-class PipelineSettings:
-    """Everything one end-to-end run needs; the stages' own settings inside."""
-
-    out: str  # the run directory: a path or a URI
-    data: str | None = None  # dataset folder or URI; None: $POSTER_DATA, else the clone
-    image_size: int = PreprocessSpec.image_size  # the run's (and the CNN's) poster size
-    limit: int | None = None  # a random sample of this many posters
-    seed: int = 42
-    cnn: TrainConfig = field(default_factory=TrainConfig)
-    pretrained: TrainConfig = field(default_factory=lambda: TrainConfig(model="efficientnet_lite0"))
-    tune: TuneSettings = field(default_factory=TuneSettings)  # searches the pretrained head
-    infer_batch_size: int = 64
-    num_cpus: int | None = None  # for a local Ray; ignored inside a cluster
-
 
 # The quick profile: a sample of posters, small CNN inputs, a few epochs, EfficientNet-
 # Lite0's frozen features, so that the whole pipeline runs in minutes on a 2-core
 # laptop; full is the real thing; tiny checks that every stage runs (tests, clusters).
 PROFILES = {
-    "tiny": {
-        "limit": None,
-        "image_size": 32,
-        "cnn": TrainConfig(
+    "tiny": PipelineSettings(
+        prepare=PrepareSettings(image_size=32),
+        cnn=TrainConfig(
             epochs=2,
             batch_size=16,
             hparams={"filters": [4, 8], "kernel_size": 3, "dense_units": [16]},
         ),
-        "pretrained": TrainConfig(
-            model="efficientnet_lite0", input_size=64, epochs=3, batch_size=16
-        ),
-        "tune": TuneSettings(trials=2, max_epochs=2),
-    },
-    "quick": {
-        "limit": 1500,
-        "image_size": 128,
-        "cnn": TrainConfig(epochs=4),
-        "pretrained": TrainConfig(model="efficientnet_lite0", epochs=20, batch_size=64),
-        "tune": TuneSettings(trials=3, max_epochs=20, grace_period=5),
-    },
-    "full": {
-        "limit": None,
-        "image_size": 250,
-        "cnn": TrainConfig(epochs=30),
-        "pretrained": TrainConfig(model="efficientnet_lite2", epochs=40, batch_size=64),
-        "tune": TuneSettings(trials=12, max_epochs=40, grace_period=5),
-    },
+        pretrained=TrainConfig(model="efficientnet_lite0", input_size=64, epochs=3, batch_size=16),
+        tune=TuneSettings(trials=2, max_epochs=2),
+    ),
+    "quick": PipelineSettings(
+        prepare=PrepareSettings(limit=1500, image_size=128),
+        cnn=TrainConfig(epochs=4),
+        pretrained=TrainConfig(model="efficientnet_lite0", epochs=20, batch_size=64),
+        tune=TuneSettings(trials=3, max_epochs=20, grace_period=5),
+    ),
+    "full": PipelineSettings(
+        cnn=TrainConfig(epochs=30),
+        pretrained=TrainConfig(model="efficientnet_lite2", epochs=40, batch_size=64),
+        tune=TuneSettings(trials=12, max_epochs=40, grace_period=5),
+    ),
 }
+# What the hardware options set in the inference stage too: the device and precision
+# the models trained in.
+INFER_HARDWARE_FIELDS = ("gpu", "precision")
 
 
-def profile_settings(profile: str, out: str, **overrides) -> PipelineSettings:
-    """The settings of `profile`, with `overrides` (None values are left to the profile)."""
+def profile_settings(
+    profile: str,
+    prepare: dict | None = None,
+    hardware: dict | None = None,
+    tune: dict | None = None,
+    pretrained: str | None = None,
+) -> PipelineSettings:
+    """The settings of `profile` with the given fields changed: `prepare` and `tune` in
+    their stages, `hardware` in both trainings and, for device and precision, in bulk
+    inference; `pretrained` names the pretrained model."""
     if profile not in PROFILES:
         raise PosterRayError(f"unknown profile {profile!r}; choose one of {list(PROFILES)}")
-    given = {key: value for key, value in overrides.items() if value is not None}
-    return PipelineSettings(out=str(out), **{**PROFILES[profile], **given})
+    settings, hardware = PROFILES[profile], hardware or {}
+    model = {"model": pretrained} if pretrained else {}
+    infer = {key: value for key, value in hardware.items() if key in INFER_HARDWARE_FIELDS}
+    return replace(
+        settings,
+        prepare=replace(settings.prepare, **(prepare or {})),
+        cnn=replace(settings.cnn, **hardware),
+        pretrained=replace(settings.pretrained, **hardware, **model),
+        tune=replace(settings.tune, **(tune or {})),
+        infer=replace(settings.infer, **infer),
+    )
 
 
 @dataclass
@@ -99,17 +103,18 @@ def run_pipeline(settings: PipelineSettings) -> PipelineResult:
     from poster_ray.runtime import init_ray, ray_logs_dir
 
     started = time.perf_counter()
-    init_ray(settings.num_cpus)
-    data_dir = resolve_data_dir(settings.data, dict(os.environ))
-    run = RunDir(settings.out)
+    preparing = settings.prepare
+    init_ray(preparing.num_cpus)
+    data_dir = resolve_data_dir(preparing.data, dict(os.environ))
+    run = RunDir(preparing.out)
     stage("prepare", f"{data_dir} -> {run.root}", started)
     summary = prepare(
         data_dir,
         run,
-        PreprocessSpec(settings.image_size),
-        settings.seed,
-        settings.limit,
-        settings.num_cpus,
+        PreprocessSpec(preparing.image_size),
+        preparing.seed,
+        preparing.limit,
+        preparing.num_cpus,
     )
     print(format_prepare_summary(summary).split("\n\n")[0])
     result = PipelineResult(run)
@@ -133,7 +138,7 @@ def run_pipeline(settings: PipelineSettings) -> PipelineResult:
         result.predictions = predict_samples(bundle, samples)
 
     stage("infer", f"every prepared poster with {result.best}, to Parquet", started)
-    result.inference = infer_manifest(run, bundle, settings)
+    result.inference = infer_manifest(run, bundle, settings.infer)
     result.seconds = round(time.perf_counter() - started, 1)
     result.logs = str(ray_logs_dir())
     return result
@@ -154,19 +159,18 @@ def train_and_evaluate(result: PipelineResult, name: str, config: TrainConfig) -
 def tune_and_evaluate(
     result: PipelineResult, name: str, base: TrainConfig, settings: TuneSettings
 ) -> None:
-    from poster_ray import tune
+    from poster_ray.tune import format_tuning_summary, is_tuned, tune_model
 
-    # One worker per trial: a head on cached features gains nothing from more.
-    trial = replace(base, early_stopping=0, workers=1, cpus_per_worker=None)
-    reused = tune.is_tuned(result.run.model(name), settings)
-    out = tune.tune_model(result.run, name, trial, settings)
-    print(tune.format_summary(out))
+    reused = is_tuned(result.run.model(name), settings)
+    # Trials share the nodes: their workers' CPUs are planned per trial, not as trained.
+    out = tune_model(result.run, name, replace(base, cpus_per_worker=None), settings)
+    print(format_tuning_summary(out))
     record_evaluation(result, name, out, reused)
 
 
 def record_evaluation(result: PipelineResult, name: str, model_dir: Location, reused: bool) -> None:
-    """Evaluate model `name` and print its verdict; a reused model keeps the evaluation and
-    bundle it already has, so predictions made with that bundle stay valid."""
+    """Evaluate model `name` and print its verdict; a reused model keeps the evaluation it
+    already has."""
     from poster_ray.evaluate import evaluate_model_dir, format_headline
 
     layout = ModelDir(model_dir)
@@ -201,21 +205,12 @@ def predict_samples(bundle: Location, posters: list[str]) -> list[dict]:
     return rows
 
 
-def infer_manifest(run: RunDir, bundle: Location, settings: PipelineSettings) -> dict:
-    """Bulk inference over every prepared poster (the manifest has a path column), on the
-    hardware and in the precision the models trained with."""
+def infer_manifest(run: RunDir, bundle: Location, settings: InferSettings) -> dict:
+    """Bulk inference over every prepared poster (the manifest has a path column)."""
     from poster_ray.infer import format_inference_summary, run_inference
 
-    output = run.root / "predictions"
-    drop_stale_predictions(output, bundle)
-    summary = run_inference(
-        bundle.uri,
-        run.manifest.uri,
-        output.uri,
-        gpu=settings.pretrained.gpu,
-        batch_size=settings.infer_batch_size,
-        precision=settings.pretrained.precision,
-    )
+    drop_stale_predictions(run.predictions, bundle)
+    summary = run_inference(bundle.uri, run.manifest.uri, run.predictions.uri, **asdict(settings))
     print(format_inference_summary(summary))
     return summary
 

@@ -28,7 +28,11 @@ from poster_ray.runtime import without_progress_bars
 from poster_ray.storage import Location
 from poster_ray.tf_import import keras
 from poster_ray.train_worker import (
+    LOOP_CONFIG_KEY,
     PLACEMENT_GROUP_KEY,
+    ModelInputs,
+    Steps,
+    TrainLoopConfig,
     build_configured_model,
     train_loop_per_worker,
 )
@@ -42,6 +46,7 @@ __all__ = [
     "fine_tune",
     "fit",
     "input_size",
+    "is_trained",
     "load_training_data",
     "make_trainer",
     "place_workers",
@@ -157,9 +162,7 @@ class TrainingData:
     datasets: dict[str, ray.data.Dataset]
     train_rows: int  # in the smallest worker shard
     val_rows: int
-    num_genres: int
-    inputs: str  # the column workers feed the model: "image" or "features"
-    input_shape: tuple[int, ...]
+    inputs: ModelInputs
     loss_weights: list[float]  # positive weight per genre, from the training split
 
     @property
@@ -190,9 +193,7 @@ def load_training_data(run: RunDir, config: TrainConfig, features: bool = True) 
         datasets=datasets,
         train_rows=min(shard_sizes(run, "train", workers)),
         val_rows=shard_sizes(run, "val", 1)[0],
-        num_genres=len(run.load_genres()),
-        inputs=inputs,
-        input_shape=shape,
+        inputs=ModelInputs(inputs, shape, len(run.load_genres())),
         loss_weights=positive_weights(train_labels(run)),
     )
 
@@ -224,21 +225,19 @@ def make_trainer(
 
     if data.workers != config.workers:
         raise ValueError(f"data is sharded for {data.workers} workers, not {config.workers}")
+    steps = step_counts(data, config)
+    loop = TrainLoopConfig(
+        settings=config,
+        inputs=data.inputs,
+        loss_weights=data.loss_weights,
+        train_steps=steps["train"],
+        val_steps=steps["val"],
+        dataset_bytes={name: dataset.size_bytes() for name, dataset in data.datasets.items()},
+        head_weights=head_weights,
+    )
     return TensorflowTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            **asdict(config),
-            "num_genres": data.num_genres,
-            "inputs": data.inputs,
-            "input_shape": data.input_shape,
-            "loss_weights": data.loss_weights,
-            "head_weights": head_weights,
-            "steps": step_counts(data, config),
-            "dataset_bytes": {
-                name: dataset.size_bytes() for name, dataset in data.datasets.items()
-            },
-            "monitor_mode": MONITORS[config.monitor],
-        },
+        train_loop_config={LOOP_CONFIG_KEY: loop},
         scaling_config=ScalingConfig(
             num_workers=config.workers,
             use_gpu=config.gpu,
@@ -310,15 +309,9 @@ def check_model_builds(run: RunDir, config: TrainConfig) -> None:
     instead of in every worker and every retry. A transfer model builds without its
     weights: they are checked where they load."""
     size = input_size(run, config)
-    probe = {
-        **asdict(config),
-        "weights": "none",
-        "inputs": "image",
-        "input_shape": (size, size, 3),
-        "num_genres": len(run.load_genres()),
-    }
+    inputs = ModelInputs("image", (size, size, 3), len(run.load_genres()))
     try:
-        build_configured_model(probe)
+        build_configured_model(replace(config, weights="none"), inputs)
     except (ValueError, TypeError) as error:
         message = str(error).strip().splitlines()[0]
         raise PosterRayError(
@@ -354,7 +347,7 @@ def worker_datasets(
     return {**shards, "val": val.materialize()}
 
 
-def step_counts(data: TrainingData, config: TrainConfig) -> dict[str, dict[str, int]]:
+def step_counts(data: TrainingData, config: TrainConfig) -> dict[str, Steps]:
     """Batch size and steps per epoch of each split, the same on every worker (Keras
     needs fixed steps for distributed data).
 
@@ -369,6 +362,6 @@ def step_counts(data: TrainingData, config: TrainConfig) -> dict[str, dict[str, 
         )
     val_batch = min(batch, data.val_rows)
     return {
-        "train": {"batch": batch, "steps": data.train_rows // batch},
-        "val": {"batch": val_batch, "steps": data.val_rows // val_batch},
+        "train": Steps(batch, data.train_rows // batch),
+        "val": Steps(val_batch, data.val_rows // val_batch),
     }

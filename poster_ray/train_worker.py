@@ -12,6 +12,7 @@ import json
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,52 +20,94 @@ import ray
 import ray.train
 
 from poster_ray import models, resources
+from poster_ray.config import MONITORS, TrainConfig
 from poster_ray.layout import HISTORY_FILE, MODEL_FILE
 from poster_ray.tf_import import keras
 
 PLACEMENT_GROUP_KEY = "placement_group"
+LOOP_CONFIG_KEY = "loop"  # Ray Train passes train_loop_config as a dict: its one entry
 SHUFFLE_BUFFER = 256  # rows, when a shard streams from the object store
 # The share of a node's available memory that its workers' in-memory shards may take.
 IN_MEMORY_SHARE = 0.25
 
 
-def build_configured_model(config: dict, precision: str = "float32") -> keras.Model:
-    """The model a training config describes: a transfer model's head alone when the
-    inputs are cached features, else the whole model."""
-    if config["inputs"] == "features":
+@dataclass(frozen=True)
+class ModelInputs:
+    """What the trained model takes in: decoded posters, or a backbone's cached features."""
+
+    column: str  # the dataset column workers feed the model: "image" or "features"
+    shape: tuple[int, ...]
+    num_genres: int
+
+
+@dataclass(frozen=True)
+class Steps:
+    """One split's per-worker batch and steps per epoch (Keras needs them fixed)."""
+
+    batch: int
+    steps: int
+
+
+@dataclass(frozen=True)
+class TrainLoopConfig:
+    """Everything a Train worker of one run reads: the run's settings, and what the
+    driver derived from its data."""
+
+    settings: TrainConfig
+    inputs: ModelInputs
+    loss_weights: list[float]  # positive weight per genre, from the training split
+    train_steps: Steps
+    val_steps: Steps
+    dataset_bytes: dict[str, int]  # by dataset name: train_RANK, val
+    head_weights: list | None = None  # fine-tuning starts from the trained head
+
+    @property
+    def monitor_mode(self) -> str:
+        return MONITORS[self.settings.monitor]
+
+
+def build_configured_model(
+    settings: TrainConfig, inputs: ModelInputs, precision: str = "float32"
+) -> keras.Model:
+    """The model `settings` describe on `inputs`: a transfer model's head alone on
+    cached features, else the whole model."""
+    if inputs.column == "features":
         return models.build_head_model(
-            config["num_genres"], config["input_shape"][0], precision, **config["hparams"]
+            inputs.num_genres, inputs.shape[0], precision, **settings.hparams
         )
-    hparams = dict(config["hparams"])
-    if models.is_transfer(config["model"]):
+    hparams = dict(settings.hparams)
+    if models.is_transfer(settings.model):
         hparams.update(
-            weights=config["weights"],
-            trainable_blocks=config["fine_tune_blocks"],
-            augment=bool(config["fine_tune_blocks"]),
+            weights=settings.weights,
+            trainable_blocks=settings.fine_tune_blocks,
+            augment=bool(settings.fine_tune_blocks),
         )
     return models.build_model(
-        config["model"], config["num_genres"], config["input_shape"][0], precision, **hparams
+        settings.model, inputs.num_genres, inputs.shape[0], precision, **hparams
     )
 
 
-def train_loop_per_worker(config: dict) -> None:
+def train_loop_per_worker(train_loop_config: dict) -> None:
     """Ray Train worker: build or restore the model, fit, report every epoch."""
     from poster_ray.tf_import import tf
+
+    loop: TrainLoopConfig = train_loop_config[LOOP_CONFIG_KEY]
+    config = loop.settings
 
     # Ray Train logs every report at INFO through a logger named after its source file,
     # out of reach of its LoggingConfig; Ray Data notes that its progress bars are off.
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("ray.data").setLevel(logging.ERROR)
-    resources.configure_tensorflow_threads(config["cpus_per_worker"])
+    resources.configure_tensorflow_threads(config.cpus_per_worker)
     resources.prepare_tensorflow_gpus()
-    precision = resources.resolve_precision(config["precision"], config["gpu"])
+    precision = resources.resolve_precision(config.precision, config.gpu)
     # Keras 3 fails under MultiWorkerMirroredStrategy with 2+ workers (keras#20585); Ray
     # sets TF_USE_LEGACY_KERAS=1 on workers and poster_ray builds with tf-keras, which works.
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
-        model, history = restore_or_build(config, precision)
+        model, history = restore_or_build(loop, precision)
     early_stopping = ResumableEarlyStopping(
-        history, config["monitor"], config["monitor_mode"], config["early_stopping"]
+        history, config.monitor, loop.monitor_mode, config.early_stopping
     )
     if early_stopping.stopped_before():
         return  # a rerun of a run that early stopping ended: nothing left to train
@@ -72,37 +115,37 @@ def train_loop_per_worker(config: dict) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
 
-    def worker_dataset(name: str, split: str):
-        batch = config["steps"][split]["batch"]
+    def worker_dataset(name: str, steps: Steps):
+        train = name != "val"
         in_memory = reads_from_memory(
-            config["in_memory"], config["dataset_bytes"][name], context.get_local_world_size()
+            config.in_memory, loop.dataset_bytes[name], context.get_local_world_size()
         )
-        return lambda _: dataset_shard(name, config["inputs"], batch, split == "train", in_memory)
+        return lambda _: dataset_shard(name, loop.inputs.column, steps.batch, train, in_memory)
 
     train_data = strategy.distribute_datasets_from_function(
-        worker_dataset(f"train_{rank}", "train")
+        worker_dataset(f"train_{rank}", loop.train_steps)
     )
-    val_data = strategy.distribute_datasets_from_function(worker_dataset("val", "val"))
+    val_data = strategy.distribute_datasets_from_function(worker_dataset("val", loop.val_steps))
     # Order matters: every callback after DerivedMetrics sees its metrics in `logs`.
     callbacks = [
         DerivedMetrics(),
-        EpochReport(history, config, rank, precision),
+        EpochReport(history, loop, rank, precision),
     ]
-    if config["early_stopping"]:
+    if config.early_stopping:
         callbacks.append(early_stopping)
     model.fit(
         train_data,
         validation_data=val_data,
-        steps_per_epoch=config["steps"]["train"]["steps"],
-        validation_steps=config["steps"]["val"]["steps"],
-        epochs=config["epochs"],
+        steps_per_epoch=loop.train_steps.steps,
+        validation_steps=loop.val_steps.steps,
+        epochs=config.epochs,
         initial_epoch=len(history),
         callbacks=callbacks,
         verbose=0,
     )
 
 
-def restore_or_build(config: dict, precision: str):
+def restore_or_build(loop: TrainLoopConfig, precision: str):
     """The last checkpoint's model (weights and optimizer) and history, or a new model."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -113,10 +156,11 @@ def restore_or_build(config: dict, precision: str):
             model = keras.models.load_model(Path(directory) / MODEL_FILE)
             history = json.loads((Path(directory) / HISTORY_FILE).read_text())
         return model, history
-    model = build_configured_model(config, precision)
-    if config.get("head_weights") is not None:  # fine-tuning starts from the trained head
-        model.get_layer("head").set_weights(config["head_weights"])
-    models.compile_model(model, config["learning_rate"], config["loss"], config["loss_weights"])
+    settings = loop.settings
+    model = build_configured_model(settings, loop.inputs, precision)
+    if loop.head_weights is not None:
+        model.get_layer("head").set_weights(loop.head_weights)
+    models.compile_model(model, settings.learning_rate, settings.loss, loop.loss_weights)
     return model, []
 
 
@@ -219,13 +263,15 @@ class EpochReport(keras.callbacks.Callback):
     only rank 0's copy becomes the checkpoint, the others write to a scratch directory.
     """
 
-    def __init__(self, history: list[dict], config: dict, rank: int, precision: str) -> None:
+    def __init__(
+        self, history: list[dict], loop: TrainLoopConfig, rank: int, precision: str
+    ) -> None:
         super().__init__()
         self.history = history
         # Images per epoch from the fixed step count: a per-batch hook would make Keras
         # copy every step's logs to the host, a sync that cost training speed.
-        self.images = config["steps"]["train"]["steps"] * config["batch_size"]
-        self.epochs = config["epochs"]
+        self.images = loop.train_steps.steps * loop.settings.batch_size
+        self.epochs = loop.settings.epochs
         self.rank = rank
         self.precision = precision
 
@@ -275,7 +321,7 @@ def placement_group_of_this_worker() -> dict[str, str]:
     """The id of the placement group holding this run's workers, for whoever must free it.
 
     A tuning trial stopped early dies before its Train controller can remove the group,
-    whose lifetime is the whole Ray job's (ray#54305): `tune.release_trial_workers`
+    whose lifetime is the whole Ray job's (ray#54305): `tune.callbacks.ReleaseTrainWorkers`
     removes it by this id.
     """
     group = ray.util.get_current_placement_group()

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+
 import pandas as pd
 import pytest
 
-from poster_ray.cli import main
+from poster_ray import cli
+from poster_ray.cli import PIPELINE_HARDWARE_FIELDS, TUNED_MODEL_FIELDS, build_parser, main
+from poster_ray.config import (
+    InferSettings,
+    PrepareSettings,
+    RaySettings,
+    TrainConfig,
+    TuneSettings,
+)
+from poster_ray.options import flag_of, value_type
 
 
 def assert_one_line_error(capsys, *fragments: str) -> None:
@@ -69,3 +81,113 @@ def test_tune_refuses_training_precision_as_the_objective(tmp_path, capsys):
         main(["tune", str(tmp_path), "--objective", "precision"])
     assert caught.value.code == 2
     assert "invalid choice: 'precision'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- settings from flags
+
+# Each command and the settings classes its options are generated from (None: every field).
+COMMAND_SETTINGS = [
+    (["prepare"], "prepare", PrepareSettings, None),
+    (["train", "RUN"], "train", TrainConfig, None),
+    (["train", "RUN"], "ray", RaySettings, None),
+    (["tune", "RUN"], "train", TrainConfig, TUNED_MODEL_FIELDS),
+    (["tune", "RUN"], "tune", TuneSettings, None),
+    (["infer", "BUNDLE", "--input", "IN", "--output", "OUT"], "infer", InferSettings, None),
+    (["pipeline"], "prepare", PrepareSettings, None),
+    (["pipeline"], "hardware", TrainConfig, PIPELINE_HARDWARE_FIELDS),
+    (["pipeline"], "tune", TuneSettings, None),
+]
+
+
+def a_value_for(field: dataclasses.Field, annotation) -> tuple[list[str], object]:
+    """Flag arguments that set `field` to something other than its default, and that value."""
+    flag, kind = flag_of(field), value_type(annotation)
+    choices = field.metadata["choices"]
+    if kind is bool:
+        return [flag], True
+    if kind is dict:
+        return [flag, '{"units": 8}'], {"units": 8}
+    if kind is list:
+        return [flag, '[{"units": 8}]'], [{"units": 8}]
+    if choices:
+        value = next(choice for choice in choices if choice != field.default)
+        return [flag, str(value)], value
+    value = {int: 7, float: 0.5, str: "somewhere"}[kind]
+    return [flag, str(value)], value
+
+
+@pytest.mark.parametrize(("command", "group", "settings", "only"), COMMAND_SETTINGS)
+def test_every_setting_has_a_flag_with_help_that_sets_it(command, group, settings, only):
+    parser = build_parser()
+    fields = [field for field in dataclasses.fields(settings) if only is None or field.name in only]
+    hints = typing.get_type_hints(settings)
+    for field in fields:
+        argv, value = a_value_for(field, hints[field.name])
+        args = parser.parse_args([*command, *argv])
+        assert getattr(args.options[group].build(args), field.name) == value, field.name
+        assert field.metadata["help"], f"{settings.__name__}.{field.name} has no help"
+
+
+def test_flags_keep_their_names_and_reach_the_fields_named_after_them():
+    args = build_parser().parse_args(
+        ["tune", "RUN", "--workers-per-trial", "2", "--searcher-seed", "3", "--time-budget", "60"]
+    )
+    settings = args.options["tune"].build(args)
+    assert (settings.workers_per_trial, settings.searcher_seed, settings.time_budget) == (2, 3, 60)
+    args = build_parser().parse_args(["prepare", "--seed", "5", "--limit", "10"])
+    prepare = args.options["prepare"].build(args)
+    assert (prepare.seed, prepare.limit) == (5, 10)
+
+
+def test_options_left_out_leave_the_dataclass_defaults():
+    args = build_parser().parse_args(["infer", "B", "--input", "I", "--output", "O"])
+    assert args.options["infer"].build(args) == InferSettings()
+    args = build_parser().parse_args(["train", "RUN"])
+    assert args.options["train"].build(args) == TrainConfig()
+
+
+def test_hparams_that_are_not_a_json_object_are_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["train", "RUN", "--hparams", "[1, 2]"])
+    assert caught.value.code == 2
+    assert "--hparams: not a JSON object" in capsys.readouterr().err
+
+
+def test_a_training_flag_reaches_train_as_its_typed_config(tmp_path, monkeypatch):
+    from poster_ray import runtime, train
+
+    (tmp_path / "manifest.parquet").write_text("")  # enough for `existing_run`
+    received = {}
+    monkeypatch.setattr(runtime, "init_ray", lambda num_cpus: received.update(num_cpus=num_cpus))
+    monkeypatch.setattr(
+        train, "train", lambda run, name, config: received.update(name=name, config=config)
+    )
+    monkeypatch.setattr(cli, "evaluate_and_print", lambda model_dir, run: None)
+    argv = ["train", str(tmp_path), "--learning-rate", "0.01", "--no-in-memory", "--num-cpus", "1"]
+    assert main([*argv, "--hparams", '{"filters": [4]}']) == 0
+    config = received["config"]
+    assert (config.learning_rate, config.in_memory, config.hparams) == (
+        0.01,
+        False,
+        {"filters": [4]},
+    )
+    assert received["name"] == config.model and received["num_cpus"] == 1
+
+
+def test_the_workers_receive_the_training_settings_typed(ray_session, tmp_path):
+    import ray
+
+    from poster_ray import train
+    from poster_ray.storage import Location
+    from poster_ray.train_worker import LOOP_CONFIG_KEY, ModelInputs, Steps
+
+    args = build_parser().parse_args(["train", "RUN", "--learning-rate", "0.01", "--workers", "1"])
+    config = dataclasses.replace(args.options["train"].build(args), cpus_per_worker=1.0)
+    rows = ray.data.from_items([{"image": 0, "labels": 0}] * 64)
+    inputs = ModelInputs("image", (16, 16, 3), 3)
+    data = train.TrainingData({"train_0": rows, "val": rows}, 64, 64, inputs, [1.0, 1.0, 1.0])
+    trainer = train.make_trainer(data, config, "probe", Location.of(tmp_path))
+    loop = trainer.train_loop_config[LOOP_CONFIG_KEY]
+    assert loop.settings == config and loop.inputs == inputs
+    assert loop.train_steps == Steps(batch=config.batch_size, steps=64 // config.batch_size)
+    assert loop.monitor_mode == "min"  # val_loss, the default monitor

@@ -1,10 +1,13 @@
 """Model builders: architectures, weights resolution, precision and safe-mode round trips."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tf_keras as keras
 
 from poster_ray import models
+from poster_ray.config import TrainConfig
 from poster_ray.errors import PosterRayError
 
 GENRES = 24
@@ -146,3 +149,20 @@ def test_compile_model_scales_the_loss_under_float16():
     model = models.build_custom_cnn(5, image_size=CNN_SIZE)
     models.compile_model(model)
     assert isinstance(model.optimizer, keras.mixed_precision.LossScaleOptimizer)
+
+
+@pytest.mark.parametrize(("name", "size"), [("custom_cnn", 250), ("efficientnet_lite0", 64)])
+def test_the_default_point_is_the_model_train_builds_when_nothing_is_set(name, size):
+    """Tuning's first trial is the untuned model: same layers, same training settings."""
+    point = models.point_settings(name, models.DEFAULT_POINTS[name])
+    hparams = point.pop("hparams")
+    assert dataclasses.replace(TrainConfig(), **point) == TrainConfig()
+    weights = {} if name == "custom_cnn" else {"weights": "none"}
+    untuned = models.build_model(name, GENRES, size, **weights)
+    tuned = models.build_model(name, GENRES, size, **weights, **hparams)
+    assert layer_shapes(tuned) == layer_shapes(untuned)
+    assert tuned.count_params() == untuned.count_params()
+
+
+def layer_shapes(model: keras.Model) -> list:
+    return [(type(layer).__name__, layer.output_shape) for layer in model.layers]

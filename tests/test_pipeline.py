@@ -1,46 +1,61 @@
-"""The pipeline's settings; the whole pipeline runs end to end in test_multinode.py, as the
-job `ray job submit` sends to a 2-node cluster with S3 storage."""
+"""The pipeline's settings: profiles, and what its command line changes in them. The
+whole pipeline runs end to end in test_multinode.py, as the job `ray job submit` sends
+to a 2-node cluster with S3 storage."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
+from poster_ray.cli import build_parser, pipeline_settings
+from poster_ray.config import InferSettings, PrepareSettings, TrainConfig
 from poster_ray.errors import PosterRayError
-from poster_ray.infer import job
-from poster_ray.layout import RunDir
-from poster_ray.pipeline import PROFILES, drop_stale_predictions, infer_manifest, profile_settings
+from poster_ray.pipeline import PROFILES, drop_stale_predictions, profile_settings
 from poster_ray.storage import Location
 
 
-def test_profiles_fill_what_the_command_line_leaves_out(tmp_path):
-    quick = profile_settings("quick", str(tmp_path), limit=None, image_size=64)
-    assert quick.limit == 1500 and quick.image_size == 64
-    assert quick.cnn.epochs == 4 and quick.cnn.workers is None
-    assert quick.cnn.precision == quick.pretrained.precision == "auto"
-    assert quick.pretrained.model == "efficientnet_lite0"
+def settings_of(*argv: str):
+    return pipeline_settings(build_parser().parse_args(["pipeline", *argv]))
 
 
-def test_every_profile_trains_the_cnn_and_a_pretrained_model():
-    for profile in PROFILES.values():
-        assert profile["cnn"].model == "custom_cnn"
-        assert profile["pretrained"].model.startswith("efficientnet_lite")
+def test_the_profile_fills_what_the_command_line_leaves_out():
+    settings = settings_of("--profile", "quick", "--image-size", "64", "--trials", "5")
+    quick = PROFILES["quick"]
+    assert settings.prepare.image_size == 64 and settings.tune.trials == 5
+    assert settings.prepare.limit == quick.prepare.limit
+    assert settings.tune.max_epochs == quick.tune.max_epochs
+    assert settings.cnn == quick.cnn and settings.pretrained == quick.pretrained
 
 
-def test_an_unknown_profile_is_refused(tmp_path):
+def test_options_left_out_keep_the_stage_defaults():
+    settings = settings_of("--profile", "full")
+    assert settings.prepare.seed == PrepareSettings().seed
+    assert settings.prepare.out == PrepareSettings().out
+    assert settings.infer == InferSettings()
+
+
+def test_hardware_options_reach_both_trainings_and_the_inference():
+    settings = settings_of("--precision", "float32", "--gpu", "--workers", "2")
+    for config in (settings.cnn, settings.pretrained):
+        assert (config.precision, config.gpu, config.workers) == ("float32", True, 2)
+    assert (settings.infer.precision, settings.infer.gpu) == ("float32", True)
+    assert settings.infer.workers is None  # --workers is the training workers
+
+
+def test_the_split_seed_and_the_searcher_seed_stay_apart():
+    settings = settings_of("--seed", "7", "--searcher-seed", "3")
+    assert (settings.prepare.seed, settings.tune.searcher_seed) == (7, 3)
+
+
+def test_pretrained_picks_the_pretrained_model_and_keeps_the_cnn():
+    settings = settings_of("--profile", "tiny", "--pretrained", "vgg16")
+    assert settings.pretrained.model == "vgg16"
+    assert settings.pretrained.epochs == PROFILES["tiny"].pretrained.epochs
+    assert settings.cnn.model == TrainConfig().model
+
+
+def test_an_unknown_profile_is_refused():
     with pytest.raises(PosterRayError, match="unknown profile 'huge'"):
-        profile_settings("huge", str(tmp_path))
-
-
-def test_bulk_inference_runs_in_the_precision_and_on_the_hardware_asked_for(tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(job, "run_inference", lambda *args, **kwargs: calls.append(kwargs))
-    monkeypatch.setattr(job, "format_inference_summary", lambda summary: "")
-    settings = profile_settings("quick", str(tmp_path))
-    settings = replace(settings, pretrained=replace(settings.pretrained, precision="float32"))
-    infer_manifest(RunDir(tmp_path), Location.of(tmp_path / "bundle"), settings)
-    assert calls == [{"gpu": False, "batch_size": 64, "precision": "float32"}]
+        profile_settings("huge")
 
 
 def test_predictions_of_a_model_the_run_no_longer_holds_are_redone(tmp_path):

@@ -269,8 +269,8 @@ def test_shards_cover_the_split_and_each_epoch_reads_them_in_a_new_order(run, mo
     shards = [training_data.datasets[f"train_{rank}"] for rank in (0, 1)]
     assert [shard.count() for shard in shards] == shard_sizes
     steps = train.step_counts(training_data, replace(TINY, batch_size=4))
-    assert steps["train"] == {"batch": 2, "steps": min(shard_sizes) // 2}
-    assert steps["val"]["steps"] == cache.shard_sizes(run, "val", 1)[0] // 2
+    assert steps["train"] == train_worker.Steps(batch=2, steps=min(shard_sizes) // 2)
+    assert steps["val"].steps == cache.shard_sizes(run, "val", 1)[0] // 2
 
     def epoch_order() -> list[bytes]:
         return [image.tobytes() for batch in shards[0].iter_batches() for image in batch["image"]]

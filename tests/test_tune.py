@@ -6,16 +6,21 @@ import json
 import os
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from ray.tune import Callback
 from synthetic import prepared_run
 
-from poster_ray import models, tune
+from poster_ray import models
 from poster_ray.config import TrainConfig, TuneSettings
 from poster_ray.errors import PosterRayError
 from poster_ray.layout import RunDir
+from poster_ray.tune import format_tuning_summary, tune_model
+from poster_ray.tune.experiment import make_searcher
+from poster_ray.tune.space import decode_point, encode_point, param_space
 
 # Small enough to train in seconds, still the seed's 4-block architecture (needs ~94 px).
 SMALL = {**models.DEFAULT_POINTS["custom_cnn"], "batch_size": 16, "filters": 8, "dense_units": 32}
@@ -33,11 +38,11 @@ SETTINGS = TuneSettings(
     max_epochs=2,
     objective="val_loss",
     start_points=[SMALL, HOPELESS],
-    seed=1,
+    searcher_seed=1,
 )
 
 
-class InterruptAfter(tune.tune.Callback):
+class InterruptAfter(Callback):
     """Press Ctrl-C once `trials` trials are done, noting the state of the last one's
     Train placement group in `marker`, which also keeps the restored copy of this
     callback (Tune pickles it with the experiment) from pressing it again."""
@@ -69,7 +74,7 @@ def tuned(run: RunDir, tmp_path_factory) -> dict:
     marker = tmp_path_factory.mktemp("marker") / "interrupted"
     base = TrainConfig(workers=1)
     with pytest.raises(PosterRayError, match="rerun the same command to continue"):
-        tune.tune_model(run, "tiny", base, SETTINGS, callbacks=[InterruptAfter(2, marker)])
+        tune_model(run, "tiny", base, SETTINGS, callbacks=[InterruptAfter(2, marker)])
     finished = sorted((run.root.local_path / "ray" / "tiny").glob("run_trial_*_[12]_*/result.json"))
     before = [path.read_text() for path in finished]
     # Ctrl-C ends the command and, with it, its local Ray: so here.
@@ -80,7 +85,7 @@ def tuned(run: RunDir, tmp_path_factory) -> dict:
     home = Path.cwd()
     os.chdir(run.root.parent)  # and from a relative path, as users type it
     try:
-        out = tune.tune_model(RunDir(Path(run.root.name)), "tiny", base, SETTINGS).local_path
+        out = tune_model(RunDir(Path(run.root.name)), "tiny", base, SETTINGS).local_path
     finally:
         os.chdir(home)
     return {
@@ -122,7 +127,7 @@ def test_best_epoch_of_best_trial_becomes_the_model_with_table_and_plot(tuned):
     assert config["chosen_epoch"] == best["best_epoch"]
     assert (out / "model.keras").is_file() and (out / "trials.png").stat().st_size > 1000
     assert "| trial | trial_id | status |" in (out / "trials.md").read_text()
-    summary_line = tune.format_summary(out).splitlines()[0]
+    summary_line = format_tuning_summary(out).splitlines()[0]
     assert summary_line.startswith("3 of 3 trials (1 stopped early by ASHA or the time budget")
     assert f"best: trial {best['trial']}," in summary_line
 
@@ -139,9 +144,9 @@ def test_no_cpu_stays_reserved_after_tuning(tuned):
 
 
 def test_resuming_with_other_settings_is_refused(run, tuned):
-    changed = TuneSettings(**{**SETTINGS.__dict__, "trials": 5})
+    changed = replace(SETTINGS, trials=5)
     with pytest.raises(PosterRayError, match=r"other settings \(tune.trials\)"):
-        tune.tune_model(run, "tiny", TrainConfig(workers=1), changed)
+        tune_model(run, "tiny", TrainConfig(workers=1), changed)
 
 
 @pytest.mark.parametrize("model", ["custom_cnn", "efficientnet_lite0"])  # the two spaces
@@ -149,18 +154,17 @@ def test_resuming_with_other_settings_is_refused(run, tuned):
 def test_searchers_propose_distinct_valid_points_that_decode_back(model, searcher):
     space = models.SEARCH_SPACES[model]
     default = models.DEFAULT_POINTS[model]
-    assert tune.decode_point(space, tune.encode_point(space, default, searcher), searcher) == (
+    assert decode_point(space, encode_point(space, default, searcher), searcher) == (
         pytest.approx(default)
     )
     settings = TuneSettings(trials=6, searcher=searcher, start_points=[default])
-    searcher_ = tune.make_searcher(settings, space, [default])
-    param_space = {key: tune.search_domain(param, searcher) for key, param in space.items()}
-    assert searcher_.set_search_properties("val_pr_auc", "max", param_space)
+    searcher_ = make_searcher(settings, space, [default])
+    assert searcher_.set_search_properties("val_pr_auc", "max", param_space(space, searcher))
     points = []
     for index in range(3):
         proposal = searcher_.suggest(f"trial_{index}")
         searcher_.on_trial_complete(f"trial_{index}", {"val_pr_auc": 0.1 * index})
-        points.append(tune.decode_point(space, proposal, searcher))
+        points.append(decode_point(space, proposal, searcher))
     assert points[0] == pytest.approx(default)
     assert points[1] != points[2]
     for point in points:
@@ -172,29 +176,10 @@ def test_searchers_propose_distinct_valid_points_that_decode_back(model, searche
                 assert isinstance(point[key], int) == param.integer
 
 
-def test_default_points_are_the_untuned_models():
-    cnn = models.point_settings("custom_cnn", models.DEFAULT_POINTS["custom_cnn"])
-    assert (cnn["learning_rate"], cnn["batch_size"]) == (
-        TrainConfig.learning_rate,
-        TrainConfig.batch_size,
-    )
-    assert models.build_model("custom_cnn", 24, 250, **cnn["hparams"]).count_params() == 1_168_952
-    head = models.point_settings("efficientnet_lite0", models.DEFAULT_POINTS["efficientnet_lite0"])
-    defaults = TrainConfig()
-    assert (head["learning_rate"], head["batch_size"], head["loss"]) == (
-        defaults.learning_rate,
-        defaults.batch_size,
-        defaults.loss,
-    )
-    untuned = models.build_model("efficientnet_lite0", 24, 64, weights="none")
-    tuned = models.build_model("efficientnet_lite0", 24, 64, weights="none", **head["hparams"])
-    assert untuned.count_params() == tuned.count_params()
-
-
 def test_a_start_point_outside_the_space_is_refused(run):
     settings = TuneSettings(start_points=[{**SMALL, "learning_rate": 1e-7}])
     with pytest.raises(PosterRayError, match="learning_rate=1e-07 is outside the space"):
-        tune.tune_model(run, "outside", TrainConfig(), settings)
+        tune_model(run, "outside", TrainConfig(), settings)
 
 
 @pytest.mark.parametrize(
@@ -207,6 +192,6 @@ def test_a_start_point_outside_the_space_is_refused(run):
     ],
 )
 def test_bad_settings_fail_in_one_line_before_ray(tmp_path, change, message):
-    settings = TuneSettings(**{**TuneSettings().__dict__, **change})
+    settings = replace(TuneSettings(), **change)
     with pytest.raises(PosterRayError, match=message):
-        tune.tune_model(RunDir(tmp_path), "x", TrainConfig(), settings)
+        tune_model(RunDir(tmp_path), "x", TrainConfig(), settings)

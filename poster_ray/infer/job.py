@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from poster_ray.bundle import HASHED_FILES, PREPROCESS_FILE, bundle_info, content_hash
-from poster_ray.config import PreprocessSpec
+from poster_ray.config import InferSettings, PreprocessSpec
 from poster_ray.errors import PosterRayError
 from poster_ray.infer.inputs import chunk_bounds, resolve_inputs
 from poster_ray.infer.output import OutputFolder, job_record
@@ -36,17 +36,19 @@ def run_inference(
     bundle: str | os.PathLike,
     source: str,
     output: str | os.PathLike,
-    workers: int | None = None,
-    gpu: bool = False,
-    batch_size: int = 64,
-    all_probabilities: bool = False,
+    workers: int | None = InferSettings.workers,
+    gpu: bool = InferSettings.gpu,
+    batch_size: int = InferSettings.batch_size,
+    all_probabilities: bool = InferSettings.all_probabilities,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    num_cpus: int | None = None,
-    precision: str = "auto",
-    cpus_per_worker: float | None = None,
+    num_cpus: int | None = InferSettings.num_cpus,
+    precision: str = InferSettings.precision,
+    cpus_per_worker: float | None = InferSettings.cpus_per_worker,
     stream: TextIO | None = None,
 ) -> dict:
     """Predict every input file into `output`, skipping chunks an earlier run committed.
+
+    The settings are config.InferSettings' fields (`**asdict(settings)`), defaults there.
 
     `bundle` and `output` are local paths or URIs. `workers` fixes the number of model
     actors (default: from 1 up to what the cluster holds); `precision` is resolved by each

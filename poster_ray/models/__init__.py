@@ -16,10 +16,10 @@ from poster_ray.config import MODEL_NAMES
 from poster_ray.errors import PosterRayError
 from poster_ray.models.backbones import BACKBONES
 from poster_ray.models.cnn import build_custom_cnn
-from poster_ray.models.heads import genre_head
+from poster_ray.models.heads import build_head, genre_head
 from poster_ray.models.losses import LOSSES, make_loss
 from poster_ray.models.spaces import DEFAULT_POINTS, SEARCH_SPACES, Choice, Range, point_settings
-from poster_ray.models.transfer import build_head, build_transfer
+from poster_ray.models.transfer import build_transfer
 from poster_ray.resources import set_keras_precision
 from poster_ray.tf_import import keras, tf
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from poster_ray.config import TrainConfig
+from poster_ray.models.cnn import build_custom_cnn
+from poster_ray.models.heads import build_head
 from poster_ray.models.losses import LOSSES
 
 
@@ -24,10 +29,19 @@ class Choice:
     values: tuple
 
 
+def keyword_defaults(builder: Callable) -> dict:
+    """A model builder's keyword defaults: its untuned architecture, written once, in its
+    signature."""
+    parameters = inspect.signature(builder).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+
 # What tuning searches, per model, beside each model's untuned default (the builders' and
 # TrainConfig's defaults, which tuning tries first). The CNN's `filters` is its first
 # block's width and `dense_units` its first dense layer's: later blocks double the
 # filters and the second dense layer halves the units, as in the seed (16-32-64-64, 128-64).
+CNN_BUILT = keyword_defaults(build_custom_cnn)
+HEAD_BUILT = keyword_defaults(build_head)
 CNN_SPACE = {
     "learning_rate": Range(1e-4, 3e-3, log=True),
     "batch_size": Choice((16, 32, 64)),
@@ -38,13 +52,13 @@ CNN_SPACE = {
     "dense_dropout": Range(0.0, 0.5),
 }
 CNN_DEFAULT = {
-    "learning_rate": 1e-3,
-    "batch_size": 32,
-    "filters": 16,
-    "kernel_size": 5,
-    "conv_dropout": 0.25,
-    "dense_units": 128,
-    "dense_dropout": 0.1,
+    "learning_rate": TrainConfig.learning_rate,
+    "batch_size": TrainConfig.batch_size,
+    "filters": CNN_BUILT["filters"][0],
+    "kernel_size": CNN_BUILT["kernel_size"],
+    "conv_dropout": CNN_BUILT["conv_dropout"],
+    "dense_units": CNN_BUILT["dense_units"][0],
+    "dense_dropout": CNN_BUILT["dense_dropout"],
 }
 # A transfer model's head on its frozen backbone's cached features: cheap trials.
 HEAD_SPACE = {
@@ -55,11 +69,11 @@ HEAD_SPACE = {
     "loss": Choice(LOSSES),
 }
 HEAD_DEFAULT = {
-    "learning_rate": 1e-3,
-    "batch_size": 32,
-    "units": 512,
-    "dropout": 0.5,
-    "loss": "bce",
+    "learning_rate": TrainConfig.learning_rate,
+    "batch_size": TrainConfig.batch_size,
+    "units": HEAD_BUILT["units"],
+    "dropout": HEAD_BUILT["dropout"],
+    "loss": TrainConfig.loss,
 }
 TRANSFER_MODELS = ("efficientnet_lite0", "efficientnet_lite2", "vgg16", "resnet50")
 SEARCH_SPACES = {"custom_cnn": CNN_SPACE, **dict.fromkeys(TRANSFER_MODELS, HEAD_SPACE)}

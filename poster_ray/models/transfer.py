@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from poster_ray.errors import PosterRayError
 from poster_ray.models.backbones import BACKBONES, Backbone, freeze_blocks
-from poster_ray.models.heads import genre_head
+from poster_ray.models.heads import build_head
 from poster_ray.tf_import import keras
 
 
@@ -30,17 +30,6 @@ def build_backbone(
     model = backbone.build(image_size or backbone.native_size, weights)
     freeze_blocks(model, backbone.blocks(model), trainable_blocks)
     return model
-
-
-def build_head(features: int, num_genres: int, units: int = 512, dropout: float = 0.5):
-    """Features -> genres: dropout, one hidden ReLU layer (none when `units` is 0),
-    dropout, a sigmoid per genre."""
-    inputs = keras.Input(shape=(features,))
-    x = keras.layers.Dropout(dropout)(inputs)
-    if units:
-        x = keras.layers.Dense(units, activation="relu")(x)
-        x = keras.layers.Dropout(dropout)(x)
-    return keras.Model(inputs, genre_head(num_genres)(x), name="head")
 
 
 def augmentation() -> keras.Sequential:
@@ -63,17 +52,17 @@ def build_transfer(
     image_size: int | None = None,
     weights: str = "imagenet",
     trainable_blocks: int = 0,
-    units: int = 512,
-    dropout: float = 0.5,
     augment: bool = False,
+    **head_hparams,
 ) -> keras.Model:
     """uint8 posters -> [augmentation] -> backbone -> head -> one sigmoid per genre.
+    `head_hparams` are `build_head`'s (units, dropout).
 
     The backbone runs in inference mode (its BatchNorm statistics stay ImageNet's) even
     where fine-tuning trains its top blocks: the usual choice with small datasets.
     """
     base = build_backbone(backbone, image_size, weights, trainable_blocks)
-    head = build_head(base.output_shape[-1], num_genres, units, dropout)
+    head = build_head(base.output_shape[-1], num_genres, **head_hparams)
     inputs = keras.Input(shape=base.input_shape[1:])
     x = augmentation()(inputs) if augment else inputs
     outputs = head(base(x, training=False))
