@@ -116,8 +116,7 @@ def attach_image_paths(
     """
     if not images_dir.is_dir():
         raise PosterRayError(
-            f"{images_dir}: folder not found (the posters go there as <Id>.jpg, "
-            "beside train.csv)"
+            f"{images_dir}: folder not found (the posters go there as <Id>.jpg, beside train.csv)"
         )
     present = {child.name for child in images_dir.iterdir()}
     names = [f"{poster_id}.jpg" for poster_id in kept[ID_COLUMN]]
