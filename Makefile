@@ -1,6 +1,6 @@
 # Two entry points, both self-contained on a fresh machine with Python >= 3.11:
 #   make run    set up, then run the whole pipeline (quick profile) on a local Ray
-#   make test   set up, then lint and run the test suite
+#   make test   set up, then lint and run the test suite (make test-fast: the unit tier)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 DATA ?= $(or $(POSTER_DATA),$(wildcard ../shared/datasets/movie-posters))
 PROFILE ?= quick
 
-.PHONY: run test setup lint
+.PHONY: run test test-fast setup lint
 
 setup: $(STAMP)
 
@@ -27,5 +27,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check poster_ray jobs tests bench
 	$(BIN)/ruff check poster_ray jobs tests bench
 
+# Every tier (CI runs this); test-fast is the inner loop: the unit tier, no Ray.
 test: lint
 	$(BIN)/python -m pytest -q
+
+test-fast: lint
+	$(BIN)/python -m pytest -q -m unit

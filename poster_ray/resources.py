@@ -114,11 +114,11 @@ def prepare_tensorflow_gpus(tf_config=None, reserved: int | None = None) -> int:
     return len(gpus)
 
 
-def available_memory() -> int:
+def available_memory(meminfo_path: str = "/proc/meminfo") -> int:
     """Bytes this node can still hand out: Linux's MemAvailable (free memory and
     reclaimable cache), else the free pages."""
     try:
-        with open("/proc/meminfo") as meminfo:
+        with open(meminfo_path) as meminfo:
             for line in meminfo:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024

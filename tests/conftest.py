@@ -1,4 +1,9 @@
-"""Shared fixtures: one local Ray for the whole session, and synthetic datasets."""
+"""Shared fixtures (one local Ray for the whole session, synthetic datasets) and the tiers.
+
+A test's tier is its folder: `unit` (no Ray; seconds), `integration` (the session's local
+Ray, tiny synthetic data), `cluster` (the 2-node loopback cluster, the S3 server). Each
+test gets its folder's marker, so `pytest -m unit` is the inner loop (`make test-fast`).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,20 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from synthetic import DIRTY, DIRTY_GOOD_POSTERS, DIRTY_IMAGE_SIZE, make_dataset  # noqa: E402
+
+TIERS = ("unit", "integration", "cluster")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its folder's tier; a unit test that asks for Ray is a mistake
+    that would slow the fast tier, so it fails collection."""
+    for item in items:
+        tier = Path(item.path).parent.name
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in one of tests/{TIERS}")
+        if tier == "unit" and "ray_session" in item.fixturenames:
+            raise pytest.UsageError(f"{item.nodeid}: a unit test cannot use Ray (ray_session)")
+        item.add_marker(tier)
 
 
 @pytest.fixture(scope="session")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
+from paths import REAL_DATA
 from synthetic import REAL_GENRES
 
 from poster_ray.config import SPLITS
@@ -14,8 +13,6 @@ from poster_ray.data.labels import clean_labels, read_checked_csv
 from poster_ray.data.split import split_rows
 from poster_ray.errors import PosterRayError
 from poster_ray.storage import Location
-
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared/datasets/movie-posters"
 
 
 def label_matrix(n: int, seed: int, rare_counts=(3, 4, 5, 1)) -> np.ndarray:

@@ -7,10 +7,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from paths import REPO
 
 from poster_ray import runtime
 from poster_ray.errors import PosterRayError
@@ -18,7 +18,6 @@ from poster_ray.quiet_tensorflow import START_UP_NOISE, start_up_noise_dropped
 from poster_ray.resources import prepare_tensorflow_gpus
 from poster_ray.storage import absolute
 
-REPO = Path(__file__).resolve().parent.parent
 # What a broken CUDA install prints and raises while TensorFlow loads.
 FAKE_LIBRARY_LINE = "E0000 fake_dso_loader.cc:42] Could not load libcudart.so.12: no such file"
 FAKE_IMPORT_ERROR = "libcudart.so.12: cannot open shared object file (fake tensorflow)"

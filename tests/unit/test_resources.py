@@ -3,6 +3,8 @@ precision each worker resolves, and worker plans from the nodes of a cluster."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from poster_ray.errors import PosterRayError
@@ -106,5 +108,11 @@ def test_a_plan_no_node_can_hold_fails_in_one_line(nodes, kwargs, message):
         plan_workers(nodes, "training", **kwargs)
 
 
-def test_available_memory_is_a_positive_byte_count():
-    assert available_memory() > 1 << 20
+def test_available_memory_is_what_linux_can_still_hand_out_else_the_free_pages(tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(
+        "MemTotal:       4096 kB\nMemFree:         512 kB\nMemAvailable:   2048 kB\n"
+    )
+    assert available_memory(str(meminfo)) == 2048 * 1024  # free plus reclaimable cache
+    free_pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert available_memory(str(tmp_path / "absent")) == free_pages

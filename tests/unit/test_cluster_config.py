@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 import yaml
+from paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = REPO / "cluster.yaml"
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from loopback_cluster import BIN_DIR, LoopbackCluster, auth_rejected
+from paths import REPO
 from synthetic import make_dataset, make_poster
 
 from poster_ray.runtime import PROCESS_ENV
 
-REPO = Path(__file__).resolve().parent.parent
 BUCKET = "poster-ray"
 
 pytestmark = [
