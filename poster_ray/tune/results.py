@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict
 
@@ -19,15 +20,13 @@ from poster_ray.tune.space import decode_point, point_config
 
 
 def trial_rows(grid: ResultGrid, space: dict, settings: TuneSettings) -> list[dict]:
-    """One row per trial, numbered in the order the searcher proposed them (Tune keeps
-    its trials in that order, restored ones too): its status, its best epoch's
-    objective, and its hyperparameters as the model saw them."""
+    """One row per trial, numbered in the order the trials started (`started_at`): the
+    searcher's order, as Tune starts trials first in, first out. Each row has the trial's
+    status, its best epoch's objective, and its hyperparameters as the model saw them."""
     objective = settings.objective
     rows = []
-    for number, result in enumerate(grid, start=1):
-        epochs = (
-            [] if result.metrics_dataframe is None else result.metrics_dataframe.to_dict("records")
-        )
+    for number, result in enumerate(sorted(grid, key=started_at), start=1):
+        epochs = epochs_of(result)
         scored = [epoch for epoch in epochs if pd.notna(epoch.get(objective))]
         best = pick_best(objective)(scored, key=lambda epoch: epoch[objective]) if scored else None
         last_epoch = int(scored[-1]["epoch"]) if scored else 0
@@ -45,6 +44,22 @@ def trial_rows(grid: ResultGrid, space: dict, settings: TuneSettings) -> list[di
             }
         )
     return rows
+
+
+def epochs_of(result: Result) -> list[dict]:
+    """What a trial reported, one dict per epoch."""
+    frame = result.metrics_dataframe
+    return [] if frame is None else frame.to_dict("records")
+
+
+def started_at(result: Result) -> float:
+    """When the trial started (Tune's result fields: the time of its first report minus
+    its time so far); a trial that never reported sorts last. Tune's `Result`s come in
+    no fixed order once an experiment is resumed."""
+    epochs = epochs_of(result)
+    if not epochs:
+        return math.inf
+    return epochs[0]["timestamp"] - epochs[0]["time_total_s"]
 
 
 def trial_status(result: Result, epochs: int, max_epochs: int) -> str:
