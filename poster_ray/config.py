@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from poster_ray.resources import PRECISIONS
+from poster_ray.resources import AUTO_PRECISION, PRECISIONS
 from poster_ray.storage import Location
 
 DATASET_URL = "https://github.com/laxmimerit/Movies-Poster_Dataset"
@@ -83,8 +83,6 @@ LOSSES = ("bce", "weighted_bce", "focal", "asymmetric")
 
 SEARCHERS = ("tpe", "gp")  # Optuna's TPE; Gaussian-process BayesOptSearch
 
-# Each process picks its own from its hardware (resources.resolve_precision).
-AUTO_PRECISION = "auto"
 PRECISION_HELP = "auto: float16 on a GPU, bfloat16 on a CPU that has it natively, else float32"
 
 

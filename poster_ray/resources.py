@@ -15,7 +15,9 @@ from pathlib import Path
 from poster_ray.errors import PosterRayError
 
 # What users ask for, and the Keras dtype policy each concrete choice means.
-PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+# "auto": each process picks from its own hardware (resolve_precision).
+AUTO_PRECISION = "auto"
+PRECISIONS = (AUTO_PRECISION, "float32", "bfloat16", "float16")
 KERAS_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 # CPU flags of native bfloat16 arithmetic (Intel AVX512_BF16/AMX, AMD Zen 4 and later).
 BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -48,7 +50,7 @@ def resolve_precision(requested: str, gpu: bool, native_bfloat16: bool | None = 
     """
     if requested not in PRECISIONS:
         raise PosterRayError(f"unknown precision {requested!r}; choose one of {PRECISIONS}")
-    if requested != "auto":
+    if requested != AUTO_PRECISION:
         return requested
     if gpu:
         return "float16"

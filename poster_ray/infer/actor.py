@@ -20,6 +20,7 @@ import pyarrow as pa
 from poster_ray.bundle import load_bundle
 from poster_ray.infer.rows import rows_table
 from poster_ray.resources import (
+    AUTO_PRECISION,
     configure_tensorflow_threads,
     prepare_tensorflow_gpus,
     resolve_precision,
@@ -50,7 +51,7 @@ def inference_precision(
     """The precision an actor predicts in: `resolve_precision`, except that `auto` keeps
     the models of AUTO_FLOAT32_MODELS in float32 where it would pick bfloat16."""
     resolved = resolve_precision(requested, gpu, native_bfloat16)
-    if requested == "auto" and resolved == "bfloat16" and model in AUTO_FLOAT32_MODELS:
+    if requested == AUTO_PRECISION and resolved == "bfloat16" and model in AUTO_FLOAT32_MODELS:
         return "float32"
     return resolved
 
