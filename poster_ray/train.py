@@ -18,6 +18,7 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
 from poster_ray import export, models, resources
+from poster_ray.bundle import INFO_FILE
 from poster_ray.config import MONITORS, TrainConfig
 from poster_ray.data.cache import load_split, shard_sizes, train_labels
 from poster_ray.errors import PosterRayError
@@ -88,7 +89,8 @@ def is_trained(run: RunDir, name: str, config: TrainConfig) -> bool:
     """Whether model `name` of `run` was exported from `config` (its last export, after
     fine-tuning where `config` fine-tunes)."""
     model_dir = run.model(name)
-    if not model_dir.model.is_file() or not model_dir.train_config.is_file():
+    # The bundle is the export's last file: without it the export did not finish.
+    if not (model_dir.train_config.is_file() and (model_dir.bundle / INFO_FILE).is_file()):
         return False
     if models.is_transfer(config.model) and config.fine_tune_blocks:
         config = fine_tune_config(config)
