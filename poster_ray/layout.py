@@ -133,18 +133,28 @@ class RunDir:
         """Ray Train and Tune runs (checkpoints, results), on the run's own storage."""
         return self.root / "ray"
 
+    @property
+    def caches(self) -> Location:
+        """Every decoded cache of the run, one per image size."""
+        return self.root / "cache"
+
     def cache(self, image_size: int) -> Location:
         """Decoded uint8 posters at one size, Parquet partitioned by split: decoded once,
         read often. prepare writes the run's own size; other sizes (a pretrained model's
         native resolution) are decoded when first needed."""
-        return self.root / "cache" / f"{image_size}px"
+        return self.caches / f"{image_size}px"
 
     def cache_split(self, split: str, image_size: int) -> Location:
         return self.cache(image_size) / f"split={split}"
 
+    @property
+    def feature_caches(self) -> Location:
+        """Every backbone's cached features of the run."""
+        return self.root / "features"
+
     def features(self, backbone: str, image_size: int) -> Location:
         """A frozen backbone's pooled features of every poster, partitioned by split."""
-        return self.root / "features" / f"{backbone}-{image_size}px"
+        return self.feature_caches / f"{backbone}-{image_size}px"
 
     @property
     def models(self) -> Location:

@@ -6,14 +6,17 @@ is what every later stage reads, so they all see the same genres, split and pixe
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
 import ray
 
 from poster_ray.config import ID_COLUMN, SPLITS, PreprocessSpec
-from poster_ray.data.cache import decode_to_cache
+from poster_ray.data.cache import DECODED_MARKER, decode_to_cache
 from poster_ray.data.labels import attach_image_paths, clean_labels, read_checked_csv
 from poster_ray.data.split import split_rows
 from poster_ray.data.tables import read_table, write_table
@@ -42,12 +45,15 @@ def prepare(
     data_dir = Location.of(data_dir)
     frame, genres = read_checked_csv(data_dir / "train.csv")
     records, dropped_rows = _split_usable_posters(frame, genres, data_dir / "Images", seed, limit)
+    fingerprint = prepared_fingerprint(records, genres, spec)
+    if is_prepared(run, fingerprint, spec):
+        print(f"reusing {run.root}: prepared before from the same posters and settings")
+        return run.summary.read_json()
 
     init_ray(num_cpus)
     warn_if_local_on_a_cluster(run.root)
     run.root.mkdir()
-    for derived in ("cache", "features"):  # decoded at other sizes from an older manifest
-        (run.root / derived).remove()
+    remove_derived_outputs(run, fingerprint)
     decode_to_cache(records, run, spec)
     bad_files = _unreadable_posters(run, spec)
     manifest = records[~records["id"].isin(bad_files["id"])].reset_index(drop=True)
@@ -60,8 +66,43 @@ def prepare(
 
     summary = summarize_prepare(frame, manifest, dropped, genres, spec, data_dir, seed)
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    run.summary.write_json(summary)
+    summary["fingerprint"] = fingerprint
+    run.summary.write_json(summary)  # written last: a run with its summary is complete
     return summary
+
+
+def prepared_fingerprint(records: pd.DataFrame, genres: list[str], spec: PreprocessSpec) -> str:
+    """A hash of what a prepared run is made from: each poster's id, file, split and
+    labels (so the CSV, the images found, the seed and the sample), the genre list and
+    the preprocessing. Equal fingerprints make equal runs, as long as no poster file was
+    replaced under its old name."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([genres, asdict(spec)]).encode())
+    digest.update(records[["id", "path", "split"]].to_csv(index=False).encode())
+    digest.update(np.stack(records["labels"].to_numpy()).tobytes() if len(records) else b"")
+    return digest.hexdigest()
+
+
+def remove_derived_outputs(run: RunDir, fingerprint: str) -> None:
+    """What a new prepare makes stale: the decoded caches and features always (made from
+    the manifest being replaced); and where the posters, labels, split or size changed,
+    the models, Ray runs and predictions too, which no later stage may reuse."""
+    stale = [run.caches, run.feature_caches]
+    recorded = run.summary.read_json().get("fingerprint") if run.summary.is_file() else None
+    if recorded != fingerprint:
+        stale += [run.models, run.ray_storage, run.predictions, run.comparison]
+        if any(location.exists() for location in stale[2:]):
+            print(f"{run.root}: the posters or settings changed: models and predictions are redone")
+    for location in stale:
+        location.remove()
+
+
+def is_prepared(run: RunDir, fingerprint: str, spec: PreprocessSpec) -> bool:
+    """Whether `run` holds a complete prepare of these inputs: its summary (written last)
+    says so, and the decoded cache at the run's size is complete."""
+    if not run.summary.is_file() or not (run.cache(spec.image_size) / DECODED_MARKER).is_file():
+        return False
+    return run.summary.read_json().get("fingerprint") == fingerprint
 
 
 def _split_usable_posters(

@@ -4,6 +4,7 @@ the summary, and the files later stages read."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -104,6 +105,25 @@ def test_prepare_limit_uses_a_sample(dirty_run, tmp_path):
     assert len(manifest) + unreadable == 20  # the sample, minus any bad files it drew
     assert summary["kept"] == len(manifest)
     assert sum(summary["splits"][split]["posters"] for split in SPLITS) == len(manifest)
+
+
+def test_a_run_prepared_from_the_same_inputs_is_reused_and_other_settings_redo_it(
+    ray_session, synthetic_dataset, tmp_path, capsys
+):
+    run = RunDir(tmp_path / "run")
+    summary = prepare(synthetic_dataset, run, SPEC, seed=0)
+    manifest_written = Path(run.manifest.path).stat().st_mtime_ns
+    trained = Path(run.model("cnn").model.path)
+    trained.parent.mkdir(parents=True)
+    trained.write_bytes(b"a model of this split")
+    assert prepare(synthetic_dataset, run, SPEC, seed=0) == summary
+    assert "prepared before from the same posters and settings" in capsys.readouterr().out
+    assert Path(run.manifest.path).stat().st_mtime_ns == manifest_written  # not written again
+    assert trained.is_file()
+    resplit = prepare(synthetic_dataset, run, SPEC, seed=1)  # another split: prepared anew
+    assert "models and predictions are redone" in capsys.readouterr().out
+    assert resplit["fingerprint"] != summary["fingerprint"]
+    assert not trained.exists()  # a model of the old split is never reused
 
 
 def test_zero_image_size_is_refused(tmp_path, synthetic_dataset):
