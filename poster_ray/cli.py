@@ -19,6 +19,7 @@ from poster_ray.config import (
     PrepareSettings,
     PreprocessSpec,
     RaySettings,
+    ReportSettings,
     TrainConfig,
     TuneSettings,
 )
@@ -127,6 +128,12 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     print(format_result(run_pipeline(pipeline_settings(args))))
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from poster_ray.report import write_report
+
+    print(f"report: {write_report(args.path, args.options['report'].build(args))}")
+
+
 def pipeline_settings(args: argparse.Namespace) -> PipelineSettings:
     """The profile's settings with what the `pipeline` command line set."""
     from poster_ray.pipeline import profile_settings
@@ -212,6 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     infer.add_argument("--output", required=True, help="folder or URI for part-*.parquet")
     infer.set_defaults(func=cmd_infer, options={"infer": SettingsOptions.add(infer, InferSettings)})
+
+    report = commands.add_parser(
+        "report",
+        help="an HTML page of a run, or a gallery of a bulk inference job's predictions",
+    )
+    report.add_argument("path", help="a run directory, or a bulk inference output folder")
+    report.set_defaults(
+        func=cmd_report, options={"report": SettingsOptions.add(report, ReportSettings)}
+    )
 
     pipeline = commands.add_parser(
         "pipeline",

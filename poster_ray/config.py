@@ -189,6 +189,24 @@ class InferSettings:
 
 
 @dataclass(frozen=True)
+class ReportSettings:
+    """How `poster-ray report` writes a bulk inference job's gallery."""
+
+    page_size: int = setting(200, "posters per gallery page")
+    num_cpus: int | None = num_cpus_setting()
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    """Experiment tracking: off unless a tracking URI is given (the `tracking` extra)."""
+
+    mlflow_uri: str | None = setting(
+        None, "log params, metrics and the bundle to MLflow here (file:, sqlite:, http://)"
+    )
+    mlflow_experiment: str = setting("poster-ray", "the MLflow experiment of these runs")
+
+
+@dataclass(frozen=True)
 class PipelineSettings:
     """Everything one end-to-end run needs: each stage's own settings."""
 

@@ -4,7 +4,7 @@ baselines.
 The bundle's per-genre thresholds were calibrated on the validation split (jointly, for
 micro-F1) by the export step, and are applied here to the test split, so the calibrated
 score is not tuned on the posters it is measured on. The result is written beside the
-model: ``metrics.json`` and ``report.md`` (ModelDir).
+model: ``metrics.json``, ``report.md`` and each test poster's probabilities (ModelDir).
 
 ``metrics.json`` layout (each metrics dict as in ``poster_ray.metrics``)::
 
@@ -28,10 +28,12 @@ import os
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from poster_ray import metrics, models, reports
 from poster_ray.bundle import REEXPORT_HINT, Bundle, load_bundle
 from poster_ray.data.cache import read_split_arrays, train_labels
+from poster_ray.data.tables import write_table
 from poster_ray.errors import PosterRayError
 from poster_ray.layout import ModelDir, RunDir
 from poster_ray.storage import Location
@@ -106,6 +108,7 @@ def evaluate_model_dir(model_dir: str | os.PathLike | Location, run: RunDir) -> 
         },
     )
     write_report(model_dir, rows, baselines, genres)
+    write_test_predictions(model_dir, test_ids, test_prob)
     return {**summary, "rows": {**rows, **baselines}}
 
 
@@ -139,6 +142,13 @@ def write_report(
             read_json(model_dir.train_config, default={}),
         )
     )
+
+
+def write_test_predictions(model_dir: ModelDir, ids: np.ndarray, probabilities: np.ndarray) -> None:
+    """Each test poster's probabilities, so the run report can show the posters a model
+    gets most wrong and most right without loading it again."""
+    frame = pd.DataFrame({"id": ids.astype(str), "probabilities": list(probabilities)})
+    write_table(frame, model_dir.test_predictions)
 
 
 def headline(

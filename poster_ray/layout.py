@@ -8,10 +8,13 @@ A run directory (a local path or a URI)::
     ray/NAME/                       Ray Train and Tune runs: checkpoints, trial results
     models/NAME/                    one ModelDir per trained model
     comparison.md                   the pipeline's model comparison
+    report/index.html               the run's HTML report (poster_ray.report)
     predictions/                    the pipeline's bulk inference Parquet parts
+        gallery/                    their HTML gallery (GalleryDir)
 
 A model directory: model.keras, history.json, train_config.json, curve_METRIC.png and
-bundle/ (the export step), metrics.json and report.md (evaluate), and for a tuned model
+bundle/ (the export step), metrics.json, report.md and test_predictions.parquet
+(evaluate), and for a tuned model
 trials.csv, trials.md, trials.png and tuning.json. The bundle's own files are named in
 `poster_ray.bundle`.
 """
@@ -30,6 +33,8 @@ MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.json"
 # The table of every evaluated model: in the run (pipeline), or wherever `compare` writes.
 COMPARISON_FILE = "comparison.md"
+# The HTML page of a report or a gallery, opened from disk.
+PAGE_FILE = "index.html"
 
 
 @dataclass(frozen=True, init=False)
@@ -71,6 +76,12 @@ class ModelDir:
     @property
     def report(self) -> Location:
         return self.root / "report.md"
+
+    @property
+    def test_predictions(self) -> Location:
+        """Each test poster's id and probabilities (evaluate): the run report's hardest
+        and easiest posters."""
+        return self.root / "test_predictions.parquet"
 
     def curve(self, metric: str) -> Location:
         """The train-vs-validation plot of one history metric."""
@@ -174,6 +185,11 @@ class RunDir:
         return self.root / COMPARISON_FILE
 
     @property
+    def report(self) -> Location:
+        """The run's HTML report: one self-contained page."""
+        return self.root / "report" / PAGE_FILE
+
+    @property
     def predictions(self) -> Location:
         """The pipeline's bulk inference over every prepared poster (Parquet parts)."""
         return self.root / "predictions"
@@ -183,3 +199,37 @@ class RunDir:
 
     def load_spec(self) -> PreprocessSpec:
         return PreprocessSpec.load(self.preprocess)
+
+
+@dataclass(frozen=True, init=False)
+class GalleryDir:
+    """The gallery of a bulk inference output folder, inside it: the page, one thumbnail
+    per poster, and each view's pages of rows as scripts (file:// pages may load scripts,
+    not fetch JSON)."""
+
+    root: Location
+
+    def __init__(self, predictions: str | os.PathLike | Location) -> None:
+        object.__setattr__(self, "root", Location.of(predictions) / "gallery")
+
+    @property
+    def page(self) -> Location:
+        return self.root / PAGE_FILE
+
+    @property
+    def thumbs(self) -> Location:
+        return self.root / "thumbs"
+
+    def thumb(self, key: str) -> str:
+        """A thumbnail's path relative to the page: sharded by its key's first two
+        characters, so no folder holds more than a few thousand files."""
+        return f"thumbs/{key[:2]}/{key}.jpg"
+
+    def view_page(self, view: str, number: int) -> str:
+        """One page of a view's rows, relative to the page."""
+        return f"pages/{view}/{number:06d}.js"
+
+    @property
+    def record(self) -> Location:
+        """What the gallery was made from (the part files), so a rerun adds only the new."""
+        return self.root / "_gallery.json"

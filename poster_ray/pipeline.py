@@ -1,4 +1,5 @@
-"""The whole pipeline, end to end: prepare, train, evaluate, tune, compare, predict, infer.
+"""The whole pipeline, end to end: prepare, train, evaluate, tune, compare, predict, infer,
+report.
 
 One typed settings object (config.PipelineSettings) drives every stage; `poster-ray
 pipeline` and `jobs/pipeline.py` only turn arguments into it. Profiles are the presets:
@@ -90,6 +91,7 @@ class PipelineResult:
     headlines: dict[str, dict] = field(default_factory=dict)
     best: str | None = None  # the model chosen on validation for predictions
     comparison: Location | None = None
+    report: Location | None = None  # the run's HTML page
     predictions: list[dict] = field(default_factory=list)
     inference: dict = field(default_factory=dict)
     seconds: float = 0.0
@@ -100,6 +102,7 @@ def run_pipeline(settings: PipelineSettings) -> PipelineResult:
     """Run every stage in order on a local Ray (or the cluster a job runs in)."""
     from poster_ray.data.prepare import format_prepare_summary, prepare
     from poster_ray.data.source import resolve_data_dir
+    from poster_ray.report.run_page import write_run_report
     from poster_ray.runtime import init_ray, ray_logs_dir
 
     started = time.perf_counter()
@@ -139,6 +142,8 @@ def run_pipeline(settings: PipelineSettings) -> PipelineResult:
 
     stage("infer", f"every prepared poster with {result.best}, to Parquet", started)
     result.inference = infer_manifest(run, bundle, settings.infer)
+    stage("report", "the run's HTML page", started)
+    result.report = write_run_report(run)
     result.seconds = round(time.perf_counter() - started, 1)
     result.logs = str(ray_logs_dir())
     return result
@@ -240,6 +245,7 @@ def format_result(result: PipelineResult) -> str:
         )
     lines.append(f"predictions by {result.best} (best on validation)")
     lines.append(f"comparison: {result.comparison}")
+    lines.append(f"report: {result.report}")
     lines.append(f"predictions: {result.inference.get('output')}")
     lines.append(f"full logs: {result.logs}")
     return "\n".join(lines)

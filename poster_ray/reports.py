@@ -32,8 +32,8 @@ def comparison_table(rows: dict[str, dict]) -> str:
     header = ["run"] + [title for title, _ in HEADLINE_COLUMNS]
     lines = [_markdown_row(header), _markdown_row(["---"] * len(header))]
     for name, metrics in rows.items():
-        values = [_lookup(metrics, path) for _, path in HEADLINE_COLUMNS]
-        lines.append(_markdown_row([name] + [_fmt(v) for v in values]))
+        values = [lookup(metrics, path) for _, path in HEADLINE_COLUMNS]
+        lines.append(_markdown_row([name] + [format_number(v) for v in values]))
     return "\n".join(lines) + "\n"
 
 
@@ -64,7 +64,9 @@ def markdown_report(
     ]
     for genre in genres:
         row = by_genre[genre]
-        parts.append(_markdown_row([genre] + [_fmt(row[column]) for column in PER_GENRE_COLUMNS]))
+        parts.append(
+            _markdown_row([genre] + [format_number(row[column]) for column in PER_GENRE_COLUMNS])
+        )
     if curve_images:
         parts.append("\n## Training curves\n")
         parts.extend(f"![{Path(image).stem}]({image})\n" for image in curve_images)
@@ -84,11 +86,11 @@ def markdown_table(rows: list[dict]) -> str:
     """A Markdown table of dicts sharing their keys, numbers formatted as in reports."""
     header = list(rows[0]) if rows else []
     lines = [_markdown_row(header), _markdown_row(["---"] * len(header))]
-    lines += [_markdown_row([_fmt(row[key]) for key in header]) for row in rows]
+    lines += [_markdown_row([format_number(row[key]) for key in header]) for row in rows]
     return "\n".join(lines) + "\n"
 
 
-def _lookup(metrics: dict, path: tuple[str, ...]) -> float | None:
+def lookup(metrics: dict, path: tuple[str, ...]) -> float | None:
     """Follow a key path such as ("micro", "f1") into a metrics dict."""
     value = metrics
     for key in path:
@@ -96,7 +98,7 @@ def _lookup(metrics: dict, path: tuple[str, ...]) -> float | None:
     return value
 
 
-def _fmt(value) -> str:
+def format_number(value) -> str:
     """Scores to three decimals (small ones in scientific notation), integers and text
     as they are, missing values as n/a."""
     if value is None or isinstance(value, float) and np.isnan(value):
