@@ -17,7 +17,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev,bayesopt,cluster]"
+	$(BIN)/pip install --quiet -e ".[dev,bayesopt,cluster,tracking]"
 	rm -f $(VENV)/.installed-* && touch $@
 
 run: $(STAMP)

@@ -20,6 +20,7 @@ from poster_ray.config import (
     PreprocessSpec,
     RaySettings,
     ReportSettings,
+    TrackingSettings,
     TrainConfig,
     TuneSettings,
 )
@@ -57,6 +58,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from poster_ray import train
     from poster_ray.runtime import init_ray
+    from poster_ray.tracking import log_model
 
     run = existing_run(args.run)
     config: TrainConfig = args.options["train"].build(args)
@@ -64,6 +66,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     out = train.train(run, args.name or config.model, config)
     print(f"model and curves in {out}")
     evaluate_and_print(out, run)
+    log_model(args.options["tracking"].build(args), out, "train")
 
 
 def evaluate_and_print(model_dir: Location, run: RunDir) -> None:
@@ -75,15 +78,19 @@ def evaluate_and_print(model_dir: Location, run: RunDir) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> None:
     from poster_ray.runtime import init_ray
+    from poster_ray.tracking import log_model, tune_callbacks
     from poster_ray.tune import format_tuning_summary, tune_model
 
     run = existing_run(args.run)
     base: TrainConfig = args.options["train"].build(args)
     settings: TuneSettings = args.options["tune"].build(args)
+    tracking: TrackingSettings = args.options["tracking"].build(args)
     init_ray(args.options["ray"].build(args).num_cpus)
-    out = tune_model(run, args.name or f"tuned_{base.model}", base, settings)
+    name = args.name or f"tuned_{base.model}"
+    out = tune_model(run, name, base, settings, callbacks=tune_callbacks(tracking))
     print(format_tuning_summary(out))
     evaluate_and_print(out, run)
+    log_model(tracking, out, "tune")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -144,6 +151,7 @@ def pipeline_settings(args: argparse.Namespace) -> PipelineSettings:
         prepare=options["prepare"].given(args),
         hardware=options["hardware"].given(args),
         tune=options["tune"].given(args),
+        tracking=options["tracking"].given(args),
         pretrained=args.pretrained,
     )
 
@@ -176,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         options={
             "train": SettingsOptions.add(train, TrainConfig),
             "ray": SettingsOptions.add(train, RaySettings),
+            "tracking": SettingsOptions.add(train, TrackingSettings),
         },
     )
 
@@ -190,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
             "train": SettingsOptions.add(tune, TrainConfig, only=TUNED_MODEL_FIELDS),
             "tune": SettingsOptions.add(tune, TuneSettings),
             "ray": SettingsOptions.add(tune, RaySettings),
+            "tracking": SettingsOptions.add(tune, TrackingSettings),
         },
     )
 
@@ -253,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
                 pipeline, TrainConfig, only=PIPELINE_HARDWARE_FIELDS, show_defaults=False
             ),
             "tune": SettingsOptions.add(pipeline, TuneSettings, show_defaults=False),
+            "tracking": SettingsOptions.add(pipeline, TrackingSettings),
         },
     )
     return parser

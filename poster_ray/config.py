@@ -201,7 +201,7 @@ class TrackingSettings:
     """Experiment tracking: off unless a tracking URI is given (the `tracking` extra)."""
 
     mlflow_uri: str | None = setting(
-        None, "log params, metrics and the bundle to MLflow here (file:, sqlite:, http://)"
+        None, "log params, metrics and the bundle to MLflow: sqlite:///mlflow.db, http://host:5000"
     )
     mlflow_experiment: str = setting("poster-ray", "the MLflow experiment of these runs")
 
@@ -215,3 +215,4 @@ class PipelineSettings:
     pretrained: TrainConfig = field(default_factory=lambda: TrainConfig(model="efficientnet_lite0"))
     tune: TuneSettings = field(default_factory=TuneSettings)  # searches the pretrained head
     infer: InferSettings = field(default_factory=InferSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)

@@ -19,6 +19,7 @@ from poster_ray.config import (
     PipelineSettings,
     PrepareSettings,
     PreprocessSpec,
+    TrackingSettings,
     TrainConfig,
     TuneSettings,
 )
@@ -62,11 +63,12 @@ def profile_settings(
     prepare: dict | None = None,
     hardware: dict | None = None,
     tune: dict | None = None,
+    tracking: dict | None = None,
     pretrained: str | None = None,
 ) -> PipelineSettings:
     """The settings of `profile` with the given fields changed: `prepare` and `tune` in
     their stages, `hardware` in both trainings and, for device and precision, in bulk
-    inference; `pretrained` names the pretrained model."""
+    inference, `tracking` for every model; `pretrained` names the pretrained model."""
     if profile not in PROFILES:
         raise PosterRayError(f"unknown profile {profile!r}; choose one of {list(PROFILES)}")
     settings, hardware = PROFILES[profile], hardware or {}
@@ -79,6 +81,7 @@ def profile_settings(
         pretrained=replace(settings.pretrained, **hardware, **model),
         tune=replace(settings.tune, **(tune or {})),
         infer=replace(settings.infer, **infer),
+        tracking=replace(settings.tracking, **(tracking or {})),
     )
 
 
@@ -123,12 +126,14 @@ def run_pipeline(settings: PipelineSettings) -> PipelineResult:
     result = PipelineResult(run)
 
     stage("train", "the report's CNN, from scratch", started)
-    train_and_evaluate(result, settings.cnn.model, settings.cnn)
+    train_and_evaluate(result, settings.cnn.model, settings.cnn, settings.tracking)
     pretrained = settings.pretrained.model
     stage("train", f"{pretrained}: a frozen ImageNet backbone under a genre head", started)
-    train_and_evaluate(result, pretrained, settings.pretrained)
+    train_and_evaluate(result, pretrained, settings.pretrained, settings.tracking)
     stage("tune", f"{pretrained}'s head, {settings.tune.trials} trials", started)
-    tune_and_evaluate(result, f"tuned_{pretrained}", settings.pretrained, settings.tune)
+    tune_and_evaluate(
+        result, f"tuned_{pretrained}", settings.pretrained, settings.tune, settings.tracking
+    )
 
     stage("compare", "the models beside the trivial baselines", started)
     result.comparison = write_comparison(run, run.comparison)
@@ -153,24 +158,43 @@ def stage(name: str, what: str, started: float) -> None:
     print(f"\n== {name}: {what} ({time.perf_counter() - started:.0f} s in)", flush=True)
 
 
-def train_and_evaluate(result: PipelineResult, name: str, config: TrainConfig) -> None:
+def train_and_evaluate(
+    result: PipelineResult, name: str, config: TrainConfig, tracking: TrackingSettings
+) -> None:
     from poster_ray import train
 
     reused = train.is_trained(result.run, name, config)
     out = train.train(result.run, name, config)
     record_evaluation(result, name, out, reused)
+    track(tracking, out, "train", reused)
 
 
 def tune_and_evaluate(
-    result: PipelineResult, name: str, base: TrainConfig, settings: TuneSettings
+    result: PipelineResult,
+    name: str,
+    base: TrainConfig,
+    settings: TuneSettings,
+    tracking: TrackingSettings,
 ) -> None:
+    from poster_ray.tracking import tune_callbacks
     from poster_ray.tune import format_tuning_summary, is_tuned, tune_model
 
     reused = is_tuned(result.run.model(name), settings)
     # Trials share the nodes: their workers' CPUs are planned per trial, not as trained.
-    out = tune_model(result.run, name, replace(base, cpus_per_worker=None), settings)
+    base = replace(base, cpus_per_worker=None)
+    out = tune_model(result.run, name, base, settings, callbacks=tune_callbacks(tracking))
     print(format_tuning_summary(out))
     record_evaluation(result, name, out, reused)
+    track(tracking, out, "tune", reused)
+
+
+def track(tracking: TrackingSettings, model_dir: Location, stage: str, reused: bool) -> None:
+    """A model trained by this run to MLflow, when asked; a reused one was logged by the
+    run that trained it."""
+    from poster_ray.tracking import log_model
+
+    if not reused:
+        log_model(tracking, model_dir, stage)
 
 
 def record_evaluation(result: PipelineResult, name: str, model_dir: Location, reused: bool) -> None:

@@ -136,7 +136,11 @@ def page_records(rows: pd.DataFrame) -> list[list]:
             strict=True,
         )
     ):
-        top = [[genre, round(float(prob), 3)] for genre, prob in (t[row] for t in tops) if genre]
+        top = [
+            [genre, round(float(prob), 3)]
+            for genre, prob in (t[row] for t in tops)
+            if isinstance(genre, str)
+        ]
         records.append([ident, thumb, path, top, list(above), error])
     return records
 
