@@ -1,8 +1,9 @@
 """Shared fixtures (one local Ray for the whole session, synthetic datasets) and the tiers.
 
 A test's tier is its folder: `unit` (no Ray; seconds), `integration` (the session's local
-Ray, tiny synthetic data), `cluster` (the 2-node loopback cluster, the S3 server). Each
-test gets its folder's marker, so `pytest -m unit` is the inner loop (`make test-fast`).
+Ray, tiny synthetic data), `cluster` (the 2-node loopback cluster, the S3 server),
+`browser` (pages opened from disk in headless Chromium; skipped without one). Each test
+gets its folder's marker, so `pytest -m unit` is the inner loop (`make test-fast`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from synthetic import DIRTY, DIRTY_GOOD_POSTERS, DIRTY_IMAGE_SIZE, make_dataset  # noqa: E402
 
-TIERS = ("unit", "integration", "cluster")
+TIERS = ("unit", "integration", "cluster", "browser")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

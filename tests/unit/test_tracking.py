@@ -7,9 +7,9 @@ from poster_ray.tracking import (
     artifact_location,
     epoch_metrics,
     flat_params,
+    headline_metrics,
     log_model,
     metric_name,
-    headline_metrics,
     tune_callbacks,
 )
 
