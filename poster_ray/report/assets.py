@@ -17,7 +17,8 @@ GALLERY_STYLE = (
 .card img { width: 120px; height: 180px; object-fit: contain; background: #eee; display: block; }
 .card .blank { width: 120px; height: 180px; background: #eee; }
 .bar { display: flex; align-items: center; gap: 4px; }
-.bar span:first-child { width: 84px; overflow: hidden; white-space: nowrap; }
+.bar span:first-child { width: 78px; overflow: hidden; white-space: nowrap; }
+.bar .prob { white-space: nowrap; }
 .bar i { display: block; height: 8px; background: #1a73e8; }
 .chip { display: inline-block; background: #e8f0fe; border-radius: 8px; padding: 0 6px;
         margin: 1px; }
@@ -60,7 +61,7 @@ function card([id, thumb, path, top, above, error]) {
   if (error) { node.append(element('div', 'message', error)); return node; }
   for (const [genre, prob] of top) {
     const bar = element('div', 'bar');
-    const fill = element('i'); fill.style.width = Math.round(prob * 60) + 'px';
+    const fill = element('i'); fill.style.width = Math.round(prob * 40) + 'px';
     bar.append(element('span', '', genre), fill, element('span', 'prob', prob.toFixed(2)));
     node.append(bar);
   }

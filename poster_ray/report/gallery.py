@@ -164,7 +164,7 @@ def write_pages(
             text = f"galleryPage({json.dumps(body, separators=(',', ':'))});\n"
             files.append((gallery.root / gallery.view_page(view, number), text))
     with ThreadPoolExecutor(WRITERS) as pool:
-        list(pool.map(lambda item: item[0].write_text(item[1]), files))
+        list(pool.map(lambda item: item[0].write_text(item[1], sync=False), files))
     return {
         view: {"rows": len(order), "pages": -(-len(order) // page_size)}
         for view, order in views.items()

@@ -56,7 +56,7 @@ def write_thumbnail_batch(batch: dict[str, np.ndarray], folder: str) -> dict[str
     errors = np.full(len(batch["path"]), "", dtype=object)
     for row, (path, thumb) in enumerate(zip(batch["path"], batch["thumb"], strict=True)):
         try:
-            (root / str(thumb)).write_bytes(thumbnail_bytes(read_file_bytes(str(path))))
+            (root / str(thumb)).write_bytes(thumbnail_bytes(read_file_bytes(str(path))), sync=False)
         except Exception as error:  # noqa: BLE001 - one broken poster must not stop the job
             errors[row] = describe_error(error)
     return {"thumb": batch["thumb"], "error": errors}
