@@ -9,12 +9,13 @@ predictions open as fast as 500, since only the page shown is read. Views:
     errors                         the rows whose poster could not be used, with their message
     genre-NN / genre-NN-uncertain  the rows with genre NN at or above its threshold
 
-A rerun with the same part files does nothing; with new parts it makes only the missing
-thumbnails and writes the pages again (cheap: no image is decoded).
+A rerun with the same part files (and page script) does nothing; with new parts it makes
+only the missing thumbnails and writes the pages again (cheap: no image is decoded).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 from html import escape
@@ -45,7 +46,7 @@ def write_gallery(predictions: Location, settings: ReportSettings | None = None)
     settings = settings or ReportSettings()
     gallery = GalleryDir(predictions)
     parts = sorted(part_name(chunk) for chunk in OutputFolder(predictions).finished_chunks())
-    made_from = {"parts": parts, "page_size": settings.page_size}
+    made_from = {"parts": parts, "page_size": settings.page_size, "script": script_version()}
     if (
         gallery.page.is_file()
         and gallery.record.is_file()
@@ -61,6 +62,12 @@ def write_gallery(predictions: Location, settings: ReportSettings | None = None)
     gallery.page.write_text(gallery_page(predictions, genres, manifest, len(rows)))
     gallery.record.write_json(made_from)
     return gallery.page
+
+
+def script_version() -> str:
+    """A hash of the page's script and style: a gallery made by another version of them
+    is written again (its thumbnails are kept)."""
+    return hashlib.sha1((GALLERY_SCRIPT + GALLERY_STYLE).encode()).hexdigest()[:12]
 
 
 def read_predictions(predictions: Location, parts: list[str]) -> pd.DataFrame:

@@ -132,3 +132,18 @@ def test_run_report_in_a_browser(browser, tmp_path):
     assert browser.find_element(By.TAG_NAME, "h2").text == "Model comparison (test split)"
     assert_offline_and_clean(browser)
     screenshot(browser, "run_report.png")
+
+
+def test_the_network_check_sees_a_request_that_would_leave_disk(browser, tmp_path):
+    """The offline assertions above can fail: a page asking for an http image is seen,
+    both in the request log and, blocked by the pages' policy, on the console."""
+    from poster_ray.report.html import page
+
+    leaky = tmp_path / "leaky.html"
+    leaky.write_text(page("leaky", "<img src='http://192.0.2.1/poster.jpg'>"))
+    open_page(browser, leaky)
+    WebDriverWait(browser, 10).until(
+        lambda d: d.execute_script("return document.readyState") == "complete"
+    )
+    assert "http://192.0.2.1/poster.jpg" in requested_urls(browser)
+    assert any("Content Security Policy" in error for error in console_errors(browser))

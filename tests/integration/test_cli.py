@@ -14,6 +14,8 @@ from poster_ray.config import (
     InferSettings,
     PrepareSettings,
     RaySettings,
+    ReportSettings,
+    TrackingSettings,
     TrainConfig,
     TuneSettings,
 )
@@ -96,6 +98,10 @@ COMMAND_SETTINGS = [
     (["pipeline"], "prepare", PrepareSettings, None),
     (["pipeline"], "hardware", TrainConfig, PIPELINE_HARDWARE_FIELDS),
     (["pipeline"], "tune", TuneSettings, None),
+    (["train", "RUN"], "tracking", TrackingSettings, None),
+    (["tune", "RUN"], "tracking", TrackingSettings, None),
+    (["pipeline"], "tracking", TrackingSettings, None),
+    (["report", "PATH"], "report", ReportSettings, None),
 ]
 
 

@@ -41,6 +41,12 @@ def test_hardware_options_reach_both_trainings_and_the_inference():
     assert settings.infer.workers is None  # --workers is the training workers
 
 
+def test_tracking_is_off_unless_asked_and_reaches_the_pipeline_when_it_is():
+    assert settings_of().tracking.mlflow_uri is None
+    uri = "sqlite:///mlflow.db"
+    assert settings_of("--mlflow-uri", uri).tracking.mlflow_uri == uri
+
+
 def test_the_split_seed_and_the_searcher_seed_stay_apart():
     settings = settings_of("--seed", "7", "--searcher-seed", "3")
     assert (settings.prepare.seed, settings.tune.searcher_seed) == (7, 3)
