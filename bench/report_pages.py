@@ -4,8 +4,9 @@
 
 Writes RUN/report/index.html and the gallery of RUN/predictions, opens each from disk,
 checks that nothing asks the network and the console stays clean, times the first
-paint of each, and saves a screenshot of each, halved, as docs/report.png and
-docs/gallery.png. Results: bench/results/report_pages.json.
+paint of each, and saves screenshots: docs/report.png (its top), docs/report_posters.png
+(the posters the last model gets most wrong) and docs/gallery.png (lowest confidence
+first). Results: bench/results/report_pages.json.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from browser_pages import chromium, missing, open_timed
 from PIL import Image
+from selenium.webdriver.common.by import By
 
 from poster_ray.layout import RunDir
 from poster_ray.report import write_report
@@ -31,10 +33,9 @@ FRAGMENT = {"report": "", "gallery": "#show=all&order=uncertain&page=1"}
 
 
 def save_small(png: bytes, out: Path) -> None:
-    """A screenshot at half size, as a palette PNG: a README picture, not a binary blob."""
+    """A screenshot as a 128-colour PNG: a README picture, not a large binary."""
     with Image.open(io.BytesIO(png)) as shot:
-        small = shot.convert("RGB").resize((shot.width // 2, shot.height // 2))
-        small.quantize(colors=128).save(out, optimize=True)
+        shot.convert("RGB").quantize(colors=128).save(out, optimize=True)
 
 
 def main() -> None:
@@ -56,11 +57,15 @@ def main() -> None:
         for name, (page, seconds) in written.items():
             opened = open_timed(driver, page, READY[name], FRAGMENT[name])
             results[name] = {"page": str(page), "write_s": seconds, **opened}
-            driver.set_window_size(1280, 900)
+            driver.set_window_size(1280, 800)
             save_small(driver.get_screenshot_as_png(), args.docs / f"{name}.png")
+            if name == "report":  # and the posters a model gets most wrong
+                heading = driver.find_element(By.XPATH, "(//h3[contains(., 'most wrong')])[last()]")
+                driver.execute_script("arguments[0].scrollIntoView()", heading)
+                save_small(driver.get_screenshot_as_png(), args.docs / "report_posters.png")
             print(f"{name}: {json.dumps(results[name])}")
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.out}, {args.docs}/report.png, {args.docs}/gallery.png")
+    print(f"wrote {args.out} and the screenshots in {args.docs}/")
 
 
 if __name__ == "__main__":

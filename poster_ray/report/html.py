@@ -24,7 +24,7 @@ tr.baseline td { color: #777; font-style: italic; }
 .verdict.good { color: #137333; } .verdict.bad { color: #b3261e; }
 .curves img { width: 32%; min-width: 260px; }
 .posters { display: flex; flex-wrap: wrap; gap: 10px; }
-.poster { width: 150px; font-size: 12px; }
+.poster { width: 136px; font-size: 12px; }
 .poster img { width: 120px; display: block; background: #eee; }
 .hit { color: #137333; } .miss { color: #b3261e; } .muted { color: #777; }
 """
