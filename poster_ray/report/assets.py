@@ -92,7 +92,10 @@ function render() {
 show.onchange = () => go({show: show.value, page: 1});
 order.onchange = () => go({order: order.value, page: 1});
 document.getElementById('prev').onclick = () => go({page: Math.max(1, state().page - 1)});
-document.getElementById('next').onclick = () => go({page: state().page + 1});
+document.getElementById('next').onclick = () => {
+  const s = state(), pages = (views[viewOf(s)] || {pages: 1}).pages;
+  go({page: Math.min(s.page + 1, Math.max(pages, 1))});
+};
 window.onhashchange = render;
 render();
 """

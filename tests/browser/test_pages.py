@@ -94,6 +94,8 @@ def test_gallery_pages_filters_and_errors_in_a_browser(browser, gallery):
     browser.find_element(By.ID, "next").click()
     browser.find_element(By.ID, "next").click()
     assert len(wait_loaded(browser, "all/3")) == 12 - 2 * PAGE_SIZE
+    browser.find_element(By.ID, "next").click()  # past the last page: stays on it
+    assert browser.find_element(By.ID, "position").text == "page 3 of 3 (12 posters)"
 
     genre = rows["top1_genre"][0]
     Select(browser.find_element(By.ID, "show")).select_by_visible_text(
