@@ -58,8 +58,8 @@ def write_gallery(predictions: Location, settings: ReportSettings | None = None)
     rows["thumb"] = add_thumbnails(gallery, rows, settings.num_cpus)
     genres = genres_of(rows)
     views = view_rows(rows, genres)
-    manifest = write_pages(gallery, rows, views, settings.page_size)
-    gallery.page.write_text(gallery_page(predictions, genres, manifest, len(rows)))
+    pages = write_pages(gallery, rows, views, settings.page_size)
+    gallery.page.write_text(gallery_page(predictions, genres, pages, len(rows)))
     gallery.record.write_json(made_from)
     return gallery.page
 
@@ -99,9 +99,7 @@ def add_thumbnails(gallery: GalleryDir, rows: pd.DataFrame, num_cpus: int | None
 
 def genres_of(rows: pd.DataFrame) -> list[str]:
     """Every genre the rows name, sorted: the gallery's genre filter."""
-    named = set(
-        np.concatenate([np.asarray(v, dtype=object) for v in rows["above_threshold"]] or [[]])
-    )
+    named = set(rows["above_threshold"].explode().dropna())
     for rank in range(1, TOP_K + 1):
         named |= set(rows[f"top{rank}_genre"].dropna())
     return sorted(map(str, named))

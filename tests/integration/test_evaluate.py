@@ -110,6 +110,14 @@ def test_test_metrics_match_a_direct_computation(written, model_dir, run):
     assert written["test@calibrated"]["micro"] == pytest.approx(direct["micro"])
 
 
+def test_each_test_posters_probabilities_are_kept_for_the_run_report(written, model_dir, run):
+    _, test_prob = split_predictions(model_dir, run, "test")
+    kept = pd.read_parquet(model_dir.test_predictions)
+    ids, _, _ = read_split_arrays(run, "test", SPEC.image_size)
+    assert list(kept["id"]) == list(ids)
+    np.testing.assert_allclose(np.stack(kept["probabilities"]), test_prob, atol=1e-6)
+
+
 def test_baselines_learn_from_the_train_split(written, run):
     manifest = pd.read_parquet(run.manifest)
     train = np.stack(manifest.loc[manifest["split"] == "train", "labels"].to_numpy())
