@@ -189,8 +189,8 @@ def format_headline(result: dict, table: bool = True) -> str:
 
 
 def format_verdict(headline: dict) -> str:
-    """'beats 'always Drama, Comedy' (0.419) by +0.080 [+0.05, +0.11], 95% over 229
-    test posters': the verdict and the interval it rests on."""
+    """The verdict and the interval it rests on: "beats 'always Drama, Comedy' (0.419):
+    +0.060 [+0.023, +0.095], 95% interval over 229 test posters"."""
     versus = headline["versus_baseline"]
     return (
         f"{versus['verdict']} '{headline['baseline']}' ({headline['baseline_micro_f1']:.3f}): "
