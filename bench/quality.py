@@ -5,7 +5,10 @@ Runs the commands one after the other (a model whose metrics.json exists is not
 trained again, so an interrupted run resumes), times each, and writes the table with
 the trivial baselines and the command of every row.
 
-    python bench/quality.py RUN_DIR [--data ../shared/datasets/movie-posters]
+    python bench/quality.py RUN_DIR [--data ../shared/datasets/movie-posters] [--models NAME ...]
+
+The `vs baseline` column is the calibrated micro-F1 minus "always Drama, Comedy"'s with
+its paired bootstrap interval over the test posters (poster_ray.verdict).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from poster_ray.layout import ModelDir, RunDir
 from poster_ray.storage import Location
+from poster_ray.verdict import format_interval
 
 # (model name, `poster-ray` arguments after the run directory); the report's CNN first.
 MODELS = [
@@ -80,7 +84,10 @@ def model_row(model_dir: ModelDir, wall_s: float | None, command: str) -> tuple[
     rates = [epoch["train_images_per_s"] for epoch in history if "train_images_per_s" in epoch]
     values = {title: lookup(scored[split], path) for title, split, path in COLUMNS}
     values["train img/s"] = statistics.median(rates) if rates else None
+    versus = scored.get("versus_baseline", {}).get("model @ calibrated")
+    values["vs baseline"] = versus
     extra = [
+        f"{format_interval(versus)} {versus['verdict']}" if versus else "",
         f"{wall_s:.0f}" if wall_s else "",
         f"{values['train img/s']:.0f}" if rates else "",
         f"`{command}`",
@@ -94,6 +101,9 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/datasets/movie-posters")
     parser.add_argument("--image-size", type=int, default=128, help="of the CNN")
     parser.add_argument("--out", default="bench/results/quality")
+    parser.add_argument(
+        "--models", nargs="+", choices=[name for name, _ in MODELS], help="only these rows"
+    )
     args = parser.parse_args()
     run = RunDir(args.run)
     saved = Location.of(args.out + ".json")
@@ -114,6 +124,8 @@ def main() -> None:
         }
     lines = []
     for name, argv in MODELS:
+        if args.models and name not in args.models:
+            continue
         command = ["poster-ray", argv[0], run.root.uri, *argv[1:], "--name", name]
         model_dir = run.model(name)
         if not model_dir.metrics.is_file():
@@ -122,14 +134,22 @@ def main() -> None:
         results.setdefault(name, {}).update(values, command=" ".join(command))
         lines.append(row)
         saved.write_json(results)
-    baselines = run.model(MODELS[0][0]).metrics.read_json()["baselines"]
+    first = next(name for name, _ in MODELS if not args.models or name in args.models)
+    baselines = run.model(first).metrics.read_json()["baselines"]
     for name, scored in baselines.items():
         scores = [
             lookup(scored, path) if split != "val@calibrated" else None
             for _, split, path in COLUMNS
         ]
-        lines.append(table_row(f"baseline: {name}", scores, ["", "", ""]))
-    header = ["model", *(title for title, _, _ in COLUMNS), "wall s", "train img/s", "command"]
+        lines.append(table_row(f"baseline: {name}", scores, ["", "", "", ""]))
+    header = [
+        "model",
+        *(title for title, _, _ in COLUMNS),
+        "vs baseline [95%]",
+        "wall s",
+        "train img/s",
+        "command",
+    ]
     table = "\n".join(["| " + " | ".join(header) + " |", "|" + " --- |" * len(header), *lines])
     Location.of(args.out + ".md").write_text(table + "\n")
     print(table)

@@ -11,7 +11,8 @@ Layout::
     genres.json       the genre names, in the model's output order
     preprocess.json   PreprocessSpec: how a poster file becomes a model input
     thresholds.json   one decision threshold per genre
-    bundle.json       model name, training config, metrics, created, content_hash, files
+    bundle.json       model name, training config, metrics, the threshold policy that set
+                      the thresholds (poster_ray.thresholds), created, content_hash, files
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def write_bundle(
     thresholds: np.ndarray | list[float],
     train_config: dict,
     metrics: dict,
+    threshold_policy: dict | None = None,
 ) -> Location:
     """Write a bundle to ``out_dir``, replacing any bundle already there.
 
@@ -106,6 +108,7 @@ def write_bundle(
             "image_size": spec.image_size,
             "train_config": train_config,
             "metrics": metrics,
+            "threshold_policy": threshold_policy,
             "content_hash": content_hash(staging),
             "files": [*HASHED_FILES, INFO_FILE],
         }

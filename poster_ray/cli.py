@@ -33,7 +33,15 @@ from poster_ray.storage import Location
 # The TrainConfig fields a tuning experiment takes from its command line: the others are
 # searched (learning rate, batch size, loss, hparams) or set by the experiment itself
 # (epochs, early stopping, monitor, workers per trial: tune.trial_base).
-TUNED_MODEL_FIELDS = ("model", "weights", "input_size", "gpu", "cpus_per_worker", "precision")
+TUNED_MODEL_FIELDS = (
+    "model",
+    "weights",
+    "input_size",
+    "gpu",
+    "cpus_per_worker",
+    "precision",
+    "threshold_policy",
+)
 # The pipeline's hardware options, for both models it trains (and its inference).
 PIPELINE_HARDWARE_FIELDS = ("workers", "gpu", "cpus_per_worker", "precision")
 

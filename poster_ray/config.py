@@ -81,6 +81,11 @@ def pick_best(monitor: str):
 # Multi-label losses (models.losses): plain, positive-weighted per genre, focal, asymmetric.
 LOSSES = ("bce", "weighted_bce", "focal", "asymmetric")
 
+# How validation posters set a bundle's thresholds (poster_ray.thresholds): auto picks one
+# of the others by cross-validation; the others in order of preference on a tie.
+AUTO_THRESHOLD_POLICY = "auto"
+THRESHOLD_POLICIES = (AUTO_THRESHOLD_POLICY, "global", "shrunk", "per_genre")
+
 SEARCHERS = ("tpe", "gp")  # Optuna's TPE; Gaussian-process BayesOptSearch
 
 PRECISION_HELP = "auto: float16 on a GPU, bfloat16 on a CPU that has it natively, else float32"
@@ -141,6 +146,12 @@ class TrainConfig:
     )
     fine_tune_epochs: int = setting(3, "epochs of fine-tuning, at most")
     fine_tune_learning_rate: float = setting(1e-4, "learning rate of fine-tuning")
+    threshold_policy: str = setting(
+        AUTO_THRESHOLD_POLICY,
+        "the bundle's thresholds: one per genre, one global, per genre shrunk toward the "
+        "global one, or auto: whichever cross-validates best on the validation posters",
+        choices=THRESHOLD_POLICIES,
+    )
     max_failures: int = setting(2, "restarts of the workers after a failure")
     in_memory: bool | None = setting(
         None,

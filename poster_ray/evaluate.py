@@ -18,7 +18,8 @@ model: ``metrics.json``, ``report.md`` and each test poster's probabilities (Mod
         "test@calibrated": metrics,
         "val@calibrated": metrics,          # in-sample for the thresholds: optimistic
         "baselines": {name: metrics, ...},  # on the test split, at 0.5
-    }
+        "versus_baseline": {row: difference, ...},  # micro-F1 minus "always ..." with its
+    }                                             # bootstrap interval (poster_ray.verdict)
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from poster_ray import metrics, models, reports
+from poster_ray import metrics, models, reports, verdict
 from poster_ray.bundle import REEXPORT_HINT, Bundle, load_bundle
 from poster_ray.data.cache import read_split_arrays, train_labels
 from poster_ray.data.tables import write_table
@@ -90,9 +91,11 @@ def evaluate_model_dir(model_dir: str | os.PathLike | Location, run: RunDir) -> 
             test_labels, test_prob, thresholds, genres
         ),
     }
-    baselines = metrics.baseline_metrics(train_labels(run), test_labels, genres)
+    train = train_labels(run)
+    baselines = metrics.baseline_metrics(train, test_labels, genres)
+    versus = versus_baseline(train, test_labels, test_prob, thresholds)
     validation = metrics.classification_metrics(val_labels, val_prob, thresholds, genres)
-    summary = headline(model_dir.name, rows, baselines, validation)
+    summary = headline(model_dir.name, rows, baselines, validation, versus[MODEL_CALIBRATED])
 
     model_dir.metrics.write_json(
         {
@@ -105,11 +108,24 @@ def evaluate_model_dir(model_dir: str | os.PathLike | Location, run: RunDir) -> 
             "test@calibrated": rows[MODEL_CALIBRATED],
             "val@calibrated": validation,
             "baselines": baselines,
+            "versus_baseline": versus,
         },
     )
     write_report(model_dir, rows, baselines, genres)
     write_test_predictions(model_dir, test_ids, test_prob)
     return {**summary, "rows": {**rows, **baselines}}
+
+
+def versus_baseline(
+    train: np.ndarray, test_labels: np.ndarray, test_prob: np.ndarray, thresholds: np.ndarray
+) -> dict[str, dict]:
+    """Each model row's micro-F1 minus that of always answering the most frequent training
+    genres, on the same test posters, with its paired bootstrap interval."""
+    baseline = metrics.constant_top_k_baseline(train, len(test_labels))
+    return {
+        row: verdict.micro_f1_difference(test_labels, test_prob >= cutoffs, baseline)
+        for row, cutoffs in ((MODEL_AT_HALF, 0.5), (MODEL_CALIBRATED, thresholds))
+    }
 
 
 def load_model_bundle(model_dir: ModelDir, run: RunDir) -> Bundle:
@@ -152,11 +168,12 @@ def write_test_predictions(model_dir: ModelDir, ids: np.ndarray, probabilities: 
 
 
 def headline(
-    name: str, rows: dict[str, dict], baselines: dict[str, dict], validation: dict
+    name: str, rows: dict[str, dict], baselines: dict[str, dict], validation: dict, versus: dict
 ) -> dict:
     """The numbers that say whether the model is any use: micro-F1 vs "always Drama,
-    Comedy" on the test split; and validation micro-F1, to choose between models."""
-    constant = next(baseline for baseline in baselines if baseline.startswith("always "))
+    Comedy" on the test split, the difference with its interval and the verdict it
+    allows; and validation micro-F1, to choose between models."""
+    constant = constant_baseline(baselines)
     calibrated_f1 = rows[MODEL_CALIBRATED]["micro"]["f1"]
     baseline_f1 = baselines[constant]["micro"]["f1"]
     return {
@@ -166,19 +183,29 @@ def headline(
         "micro_f1@calibrated": calibrated_f1,
         "baseline": constant,
         "baseline_micro_f1": baseline_f1,
-        "beats_baseline": calibrated_f1 > baseline_f1,
+        "versus_baseline": versus,
+        "beats_baseline": versus["verdict"] == verdict.BEATS,
         "val_micro_f1": validation["micro"]["f1"],
     }
 
 
 def format_headline(result: dict, table: bool = True) -> str:
     """A short console summary: the headline table and the verdict against the baseline."""
-    verdict = "beats" if result["beats_baseline"] else "does NOT beat"
     return (
         (reports.comparison_table(result["rows"]) + "\n" if table else "")
         + f"{result['model']}: micro-F1 {result['micro_f1@calibrated']:.3f} at calibrated "
-        f"thresholds ({result['micro_f1@0.5']:.3f} at 0.5) {verdict} "
-        f"'{result['baseline']}' ({result['baseline_micro_f1']:.3f})"
+        f"thresholds ({result['micro_f1@0.5']:.3f} at 0.5); {format_verdict(result)}"
+    )
+
+
+def format_verdict(headline: dict) -> str:
+    """The verdict and the interval it rests on: "beats 'always Drama, Comedy' (0.419):
+    +0.060 [+0.023, +0.095], 95% interval over 229 test posters"."""
+    versus = headline["versus_baseline"]
+    return (
+        f"{versus['verdict']} '{headline['baseline']}' ({headline['baseline_micro_f1']:.3f}): "
+        f"{verdict.format_interval(versus)}, {versus['confidence']:.0%} interval over "
+        f"{versus['posters']} test posters"
     )
 
 
@@ -197,12 +224,21 @@ def compare_models(paths: list[str | os.PathLike | Location]) -> str:
         listing = ", ".join(f"{path.root} ({split})" for path, split in splits.items())
         raise PosterRayError(f"these models were tested on different test splits: {listing}")
     labels = model_labels(list(evaluated))
-    rows = {}
+    rows, differences = {}, {}
     for model_dir, result in evaluated.items():
-        rows[f"{labels[model_dir]} @ calibrated"] = result["test@calibrated"]
-        rows[f"{labels[model_dir]} @ 0.5"] = result["test@0.5"]
-    rows.update(next(iter(evaluated.values()))["baselines"])
-    return reports.comparison_table(rows)
+        for row, suffix in ((MODEL_CALIBRATED, "calibrated"), (MODEL_AT_HALF, "0.5")):
+            name = f"{labels[model_dir]} @ {suffix}"
+            rows[name] = result[f"test@{suffix}"]
+            if row in result.get("versus_baseline", {}):
+                differences[name] = result["versus_baseline"][row]
+    baselines = next(iter(evaluated.values()))["baselines"]
+    rows.update(baselines)
+    return reports.comparison_table(rows, differences, constant_baseline(baselines))
+
+
+def constant_baseline(baselines: dict[str, dict]) -> str:
+    """The name of the baseline every verdict is against: "always Drama, Comedy" here."""
+    return next(name for name in baselines if name.startswith("always "))
 
 
 def evaluated_models(paths: list[str | os.PathLike | Location]) -> list[ModelDir]:

@@ -3,8 +3,8 @@
 The chosen checkpoint's model is saved as one float32 model on uint8 posters (a head
 trained on cached features is joined to its backbone), beside the full history, its
 curves, the training config and a bundle that inference loads. The bundle's per-genre
-thresholds are calibrated for micro-F1 on the validation split, never on the test split
-that evaluate scores.
+thresholds are set on the validation split by the threshold policy (poster_ray.thresholds),
+never on the test split that evaluate scores.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import ray.train
 
 from poster_ray import metrics, models
 from poster_ray.bundle import check_model_matches, write_bundle
-from poster_ray.config import TrainConfig, pick_best
+from poster_ray.config import AUTO_THRESHOLD_POLICY, TrainConfig, pick_best
 from poster_ray.evaluate import predict_split
 from poster_ray.layout import HISTORY_FILE, MODEL_FILE, ModelDir, RunDir
 from poster_ray.plots import plot_history
 from poster_ray.storage import Location
 from poster_ray.tf_import import keras
+from poster_ray.thresholds import choose_thresholds
 
 
 def best_checkpoint(result: ray.train.Result, monitor: str) -> ray.train.Checkpoint | None:
@@ -102,10 +103,23 @@ def join_head(config: TrainConfig, run: RunDir, head: keras.Model) -> keras.Mode
     return model
 
 
+def change_threshold_policy(run: RunDir, model_dir: ModelDir, policy: str) -> Location:
+    """Record `policy` in the trained model's train_config.json and write its bundle
+    again: the thresholds change, the model does not."""
+    # Without its bundle the model counts as not yet exported: an interruption from here
+    # on is finished by the next run of the same command, never left with old thresholds.
+    model_dir.bundle.remove()
+    model_dir.train_config.write_json(
+        {**model_dir.train_config.read_json(), "threshold_policy": policy}
+    )
+    export_bundle(run, model_dir)
+    return model_dir.root
+
+
 def export_bundle(run: RunDir, model_dir: ModelDir) -> Location:
     """Write `model_dir.bundle`: its model beside the run's genres, the preprocessing
     spec at the model's own input size (a pretrained backbone's native resolution, say)
-    and per-genre thresholds calibrated for micro-F1 on the validation split."""
+    and thresholds set on the validation split by the model's threshold policy."""
     genres = run.load_genres()
     with model_dir.model.local_copy() as path:
         model = models.load_model(path)
@@ -113,13 +127,21 @@ def export_bundle(run: RunDir, model_dir: ModelDir) -> Location:
     check_model_matches(model, len(genres), spec, model_dir.model)
     _, labels, probabilities = predict_split(model, run, "val")
     keras.backend.clear_session()
-    thresholds = metrics.calibrate_micro_f1_thresholds(labels, probabilities)
     train_config = model_dir.train_config.read_json() if model_dir.train_config.is_file() else {}
+    requested = train_config.get("threshold_policy", AUTO_THRESHOLD_POLICY)
+    thresholds, policy = choose_thresholds(requested, labels, probabilities)
     name = model_dir.name
     bundle_config = {**train_config, "model": train_config.get("model", name), "name": name}
     calibration = calibration_summary(labels, probabilities, thresholds, genres)
     return write_bundle(
-        model_dir.bundle, model_dir.model, genres, spec, thresholds, bundle_config, calibration
+        model_dir.bundle,
+        model_dir.model,
+        genres,
+        spec,
+        thresholds,
+        bundle_config,
+        calibration,
+        threshold_policy=policy,
     )
 
 

@@ -77,6 +77,25 @@ def _best_f1_threshold(truth: np.ndarray, scores: np.ndarray) -> float:
     return float(thresholds[np.argmax(f1)])
 
 
+# Cut-offs the micro-F1 calibrations choose from.
+THRESHOLD_CANDIDATES = np.round(np.arange(0.02, 1.0, 0.01), 2)
+
+
+def calibrate_global_threshold(y_true: np.ndarray, y_prob: np.ndarray) -> float:
+    """The one threshold, the same for every genre, with the best micro-F1 on a split."""
+    y_true, y_prob = _check_shapes(y_true, y_prob)
+    counts = _candidate_counts(y_prob.ravel(), y_true.astype(bool).ravel())
+    return float(THRESHOLD_CANDIDATES[np.argmax(micro_f1_from_counts(counts.T))])
+
+
+def _candidate_counts(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(tp, fp, fn) at every candidate threshold, shape (3, n_candidates), of one genre's
+    scores (or all genres', flattened)."""
+    predicted = scores[:, None] >= THRESHOLD_CANDIDATES[None, :]
+    tp = (predicted & labels[:, None]).sum(axis=0)
+    return np.stack([tp, predicted.sum(axis=0) - tp, labels.sum() - tp])
+
+
 def calibrate_micro_f1_thresholds(
     y_true: np.ndarray, y_prob: np.ndarray, passes: int = 2
 ) -> np.ndarray:
@@ -89,23 +108,18 @@ def calibrate_micro_f1_thresholds(
     """
     y_true, y_prob = _check_shapes(y_true, y_prob)
     truth = y_true.astype(bool)
-    candidates = np.round(np.arange(0.02, 1.0, 0.01), 2)
-
-    def counts(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, ...]:
-        """(tp, fp, fn) of one genre (or all, flattened) at every candidate threshold."""
-        predicted = scores[:, None] >= candidates[None, :]
-        tp = (predicted & labels[:, None]).sum(axis=0)
-        return tp, predicted.sum(axis=0) - tp, labels.sum() - tp
+    candidates = THRESHOLD_CANDIDATES
 
     def micro_f1(tp, fp, fn) -> np.ndarray:
-        return np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros(len(tp)), where=tp > 0)
+        return micro_f1_from_counts(np.stack([tp, fp, fn], axis=-1))
 
     n_genres = y_true.shape[1]
-    tp, fp, fn = (
-        np.stack(c)
-        for c in zip(*(counts(y_prob[:, j], truth[:, j]) for j in range(n_genres)), strict=True)
+    # Each (n_genres, n_candidates).
+    tp, fp, fn = np.stack(
+        [_candidate_counts(y_prob[:, j], truth[:, j]) for j in range(n_genres)], axis=1
     )
-    chosen = np.full(n_genres, np.argmax(micro_f1(*counts(y_prob.ravel(), truth.ravel()))))
+    start = np.searchsorted(candidates, calibrate_global_threshold(y_true, y_prob))
+    chosen = np.full(n_genres, start)
     for _ in range(passes):
         for j in range(n_genres):
             now = [c[np.arange(n_genres), chosen] for c in (tp, fp, fn)]
@@ -115,6 +129,21 @@ def calibrate_micro_f1_thresholds(
 
 
 # --- metrics ----------------------------------------------------------------------------
+
+
+def poster_counts(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """(tp, fp, fn) of each poster, shape (n_posters, 3): micro-F1's sufficient statistics,
+    which add up over any subset of posters (a fold, a bootstrap resample)."""
+    truth, predicted = np.asarray(y_true).astype(bool), np.asarray(y_pred).astype(bool)
+    tp = (truth & predicted).sum(axis=1)
+    return np.stack([tp, predicted.sum(axis=1) - tp, truth.sum(axis=1) - tp], axis=1)
+
+
+def micro_f1_from_counts(counts: np.ndarray) -> np.ndarray:
+    """Micro-F1 from summed (tp, fp, fn) along the last axis; 0 where nothing is positive."""
+    tp, fp, fn = np.moveaxis(np.asarray(counts, dtype=float), -1, 0)
+    denominator = 2 * tp + fp + fn
+    return np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
 
 
 def classification_metrics(

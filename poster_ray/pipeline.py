@@ -203,8 +203,10 @@ def record_evaluation(result: PipelineResult, name: str, model_dir: Location, re
     from poster_ray.evaluate import evaluate_model_dir, format_headline
 
     layout = ModelDir(model_dir)
-    if reused and layout.metrics.is_file():
-        headline = layout.metrics.read_json()["headline"]
+    earlier = layout.metrics.read_json()["headline"] if layout.metrics.is_file() else {}
+    # An evaluation from before verdicts had intervals is redone.
+    if reused and "versus_baseline" in earlier:
+        headline = earlier
     else:
         headline = evaluate_model_dir(model_dir, result.run)
     print(format_headline(headline, table=False))
@@ -260,12 +262,12 @@ def drop_stale_predictions(output: Location, bundle: Location) -> None:
 
 def format_result(result: PipelineResult) -> str:
     """The run's verdict: each model's micro-F1 against the baseline, and where things are."""
+    from poster_ray.evaluate import format_verdict
+
     lines = ["\n== done in " + f"{result.seconds:.0f} s"]
     for name, headline in result.headlines.items():
-        verdict = "beats" if headline["beats_baseline"] else "does NOT beat"
         lines.append(
-            f"{name}: micro-F1 {headline['micro_f1@calibrated']:.3f} {verdict} "
-            f"'{headline['baseline']}' ({headline['baseline_micro_f1']:.3f})"
+            f"{name}: micro-F1 {headline['micro_f1@calibrated']:.3f} {format_verdict(headline)}"
         )
     lines.append(f"predictions by {result.best} (best on validation)")
     lines.append(f"comparison: {result.comparison}")

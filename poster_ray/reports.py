@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from poster_ray.verdict import format_interval
+
 # Headline columns: (header, path into a metrics.classification_metrics dict).
 HEADLINE_COLUMNS = (
     ("micro P", ("micro", "precision")),
@@ -27,14 +29,32 @@ HEADLINE_COLUMNS = (
 PER_GENRE_COLUMNS = ("precision", "recall", "f1", "support", "ap", "roc_auc", "threshold")
 
 
-def comparison_table(rows: dict[str, dict]) -> str:
-    """Markdown headline table, one row per named classification_metrics dict."""
+def comparison_table(
+    rows: dict[str, dict], differences: dict[str, dict] | None = None, baseline: str = ""
+) -> str:
+    """Markdown headline table, one row per named classification_metrics dict.
+
+    With `differences` (row name -> poster_ray.verdict.micro_f1_difference), two more
+    columns give each model row's micro-F1 minus `baseline`'s with its bootstrap
+    interval, and the verdict that interval allows.
+    """
     header = ["run"] + [title for title, _ in HEADLINE_COLUMNS]
+    if differences is not None:
+        header += [f"micro F1 - {baseline} [interval]", "verdict"]
     lines = [_markdown_row(header), _markdown_row(["---"] * len(header))]
     for name, metrics in rows.items():
-        values = [lookup(metrics, path) for _, path in HEADLINE_COLUMNS]
-        lines.append(_markdown_row([name] + [format_number(v) for v in values]))
+        cells = [format_number(lookup(metrics, path)) for _, path in HEADLINE_COLUMNS]
+        if differences is not None:
+            cells += _difference_cells(differences.get(name))
+        lines.append(_markdown_row([name] + cells))
     return "\n".join(lines) + "\n"
+
+
+def _difference_cells(difference: dict | None) -> list[str]:
+    """The difference, its interval and the verdict; blank for a row without one."""
+    if difference is None:
+        return ["", ""]
+    return [format_interval(difference), difference["verdict"]]
 
 
 def markdown_report(

@@ -66,6 +66,13 @@ def train(run: RunDir, name: str, config: TrainConfig) -> Location:
     if is_trained(run, name, config):
         print(f"reusing model {name!r}: trained before with these settings", flush=True)
         return run.model(name).root
+    if is_trained(run, name, config, ignoring=EXPORT_SETTINGS):
+        print(
+            f"reusing model {name!r}: trained before with these settings; exporting its "
+            f"bundle again with threshold policy {config.threshold_policy!r}",
+            flush=True,
+        )
+        return export.change_threshold_policy(run, run.model(name), config.threshold_policy)
     check_model_builds(run, config)
     config = place_workers(config)
     print(
@@ -83,11 +90,13 @@ def train(run: RunDir, name: str, config: TrainConfig) -> Location:
 # Settings that say where a run trained, not what it learned: a resubmission to another
 # cluster may place it differently and still reuse the model.
 PLACEMENT_SETTINGS = ("workers", "cpus_per_worker", "max_failures", "in_memory")
+# Settings of the export step alone: a change exports the trained model's bundle again.
+EXPORT_SETTINGS = ("threshold_policy",)
 
 
-def is_trained(run: RunDir, name: str, config: TrainConfig) -> bool:
+def is_trained(run: RunDir, name: str, config: TrainConfig, ignoring: tuple[str, ...] = ()) -> bool:
     """Whether model `name` of `run` was exported from `config` (its last export, after
-    fine-tuning where `config` fine-tunes)."""
+    fine-tuning where `config` fine-tunes), but for the settings it is `ignoring`."""
     model_dir = run.model(name)
     # The bundle is the export's last file: without it the export did not finish.
     if not (model_dir.train_config.is_file() and (model_dir.bundle / INFO_FILE).is_file()):
@@ -97,7 +106,9 @@ def is_trained(run: RunDir, name: str, config: TrainConfig) -> bool:
     recorded = model_dir.train_config.read_json()
     wanted = json.loads(json.dumps(asdict(config)))  # as it reads back from the file
     return all(
-        recorded.get(key) == value for key, value in wanted.items() if key not in PLACEMENT_SETTINGS
+        recorded.get(key) == value
+        for key, value in wanted.items()
+        if key not in (*PLACEMENT_SETTINGS, *ignoring)
     )
 
 

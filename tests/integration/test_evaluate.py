@@ -11,7 +11,7 @@ from synthetic import make_dataset, prepared_run
 from poster_ray import metrics, models
 from poster_ray.bundle import load_bundle
 from poster_ray.config import PreprocessSpec
-from poster_ray.data.cache import read_split_arrays
+from poster_ray.data.cache import read_split_arrays, train_labels
 from poster_ray.data.prepare import prepare
 from poster_ray.errors import PosterRayError
 from poster_ray.evaluate import (
@@ -24,6 +24,8 @@ from poster_ray.export import export_bundle
 from poster_ray.layout import ModelDir, RunDir
 from poster_ray.plots import plot_history
 from poster_ray.storage import Location
+from poster_ray.thresholds import choose_thresholds
+from poster_ray.verdict import micro_f1_difference
 
 SPEC = PreprocessSpec(32)
 CONFIG = {"model": "custom_cnn", "epochs": 2, "batch_size": 16, "learning_rate": 1e-3}
@@ -87,6 +89,7 @@ def test_metrics_json_layout(written, run):
         "test@calibrated",
         "val@calibrated",
         "baselines",
+        "versus_baseline",
     }
     assert written["model"] == "custom_cnn"
     assert written["genres"] == run.load_genres()
@@ -97,10 +100,26 @@ def test_metrics_json_layout(written, run):
 
 def test_thresholds_are_calibrated_on_the_val_split(written, model_dir, run):
     val_labels, val_prob = split_predictions(model_dir, run, "val")
-    expected = metrics.calibrate_micro_f1_thresholds(val_labels, val_prob)
+    expected, policy = choose_thresholds("auto", val_labels, val_prob)
     np.testing.assert_allclose(written["thresholds"], expected)
     used = [row["threshold"] for row in written["test@calibrated"]["per_genre"]]
     np.testing.assert_allclose(used, expected)
+    assert load_bundle(model_dir.bundle).info["threshold_policy"] == policy
+
+
+def test_a_named_threshold_policy_sets_the_bundle_that_evaluate_applies(model_dir, run, tmp_path):
+    """`--threshold-policy global` reaches the bundle through train_config.json."""
+    other = ModelDir(tmp_path)
+    other.model.write_bytes(model_dir.model.read_bytes())
+    other.train_config.write_json({**CONFIG, "threshold_policy": "global"})
+    export_bundle(run, other)
+    bundle = load_bundle(other.bundle)
+    assert bundle.info["threshold_policy"] == {"requested": "global", "policy": "global"}
+    val_labels, val_prob = split_predictions(model_dir, run, "val")
+    global_threshold = metrics.calibrate_global_threshold(val_labels, val_prob)
+    np.testing.assert_allclose(bundle.thresholds, global_threshold)
+    evaluate_model_dir(other.root, run)
+    np.testing.assert_allclose(other.metrics.read_json()["thresholds"], bundle.thresholds)
 
 
 def test_test_metrics_match_a_direct_computation(written, model_dir, run):
@@ -133,6 +152,21 @@ def test_result_holds_the_headline_numbers(result, written):
     assert result["baseline"] == constant
     assert result["baseline_micro_f1"] == written["baselines"][constant]["micro"]["f1"]
     assert {k: v for k, v in result.items() if k != "rows"} == written["headline"]
+
+
+def test_the_verdict_rests_on_a_paired_bootstrap_of_the_test_posters(result, written, run):
+    test_labels = read_split_arrays(run, "test")[2]
+    constant = metrics.constant_top_k_baseline(train_labels(run), len(test_labels))
+    test_prob = split_predictions(ModelDir(run.model("custom_cnn").root), run, "test")[1]
+    expected = micro_f1_difference(test_labels, test_prob >= written["thresholds"], constant)
+    assert written["versus_baseline"]["model @ calibrated"] == pytest.approx(expected)
+    versus = result["versus_baseline"]
+    assert versus == written["headline"]["versus_baseline"]
+    assert versus["difference"] == pytest.approx(
+        result["micro_f1@calibrated"] - result["baseline_micro_f1"]
+    )
+    assert result["beats_baseline"] == (versus["low"] > 0)
+    assert f"{versus['verdict']} '{result['baseline']}'" in format_headline(result)
 
 
 def test_report_shows_model_baselines_and_curves(result, written, model_dir):
@@ -215,6 +249,11 @@ def test_compare_tables_every_model_of_a_run_beside_the_baselines(result, run):
     ]
     assert any(name.startswith("always ") for name in names[4:])
     assert "| micro F1 | macro F1 |" in table and "ROC-AUC" in table
+    header = table.splitlines()[0]
+    assert "micro F1 - always " in header and header.endswith("| verdict |")
+    model_row = table.splitlines()[2]
+    versus = ModelDir(run.model("custom_cnn").root).metrics.read_json()["versus_baseline"]
+    assert model_row.endswith(f"| {versus['model @ calibrated']['verdict']} |")
 
 
 def test_compare_refuses_models_tested_on_different_posters(result, model_dir, tmp_path):

@@ -99,6 +99,19 @@ def test_a_model_trained_with_the_same_settings_is_reused_not_exported_again(run
     assert not train.is_trained(run, "other", TINY)
 
 
+def test_another_threshold_policy_exports_the_bundle_again_and_trains_nothing(run, trained, capsys):
+    exported, history = (trained / "model.keras").read_bytes(), history_of(trained)
+    assert train.train(run, "tiny", replace(TINY, threshold_policy="global")) == trained
+    assert "exporting its bundle again with threshold policy 'global'" in capsys.readouterr().out
+    assert (trained / "model.keras").read_bytes() == exported and history_of(trained) == history
+    bundle = load_bundle(ModelDir(trained).bundle)
+    assert bundle.info["threshold_policy"]["policy"] == "global"
+    assert len(set(bundle.thresholds)) == 1
+    assert train.is_trained(run, "tiny", replace(TINY, threshold_policy="global"))
+    train.train(run, "tiny", TINY)  # back to the default policy, for the tests after
+    assert load_bundle(ModelDir(trained).bundle).info["threshold_policy"]["requested"] == "auto"
+
+
 def test_rerun_with_the_same_name_resumes_from_the_last_checkpoint(run, trained):
     before = history_of(trained)
     resumed = train.train(run, "tiny", replace(TINY, epochs=6))

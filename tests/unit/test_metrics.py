@@ -202,6 +202,17 @@ def test_comparison_table_formats_none_as_na(metrics):
     assert table.rstrip().endswith("| 0.250 | n/a | n/a | n/a |")
 
 
+def test_comparison_table_gives_model_rows_their_difference_and_verdict(metrics):
+    difference = {"difference": 0.08, "low": 0.05, "high": 0.11, "verdict": "beats"}
+    table = comparison_table(
+        {"model": metrics, "always Drama": metrics}, {"model": difference}, "always Drama"
+    )
+    header, _, model, baseline = table.splitlines()
+    assert header.endswith("| micro F1 - always Drama [interval] | verdict |")
+    assert model.endswith("| +0.080 [+0.050, +0.110] | beats |")
+    assert baseline.endswith("| 0.917 |  |  |")
+
+
 def test_micro_f1_calibration_silences_a_rare_genre_that_only_adds_false_positives():
     # Genre A separates perfectly above 0.2; genre B's one positive scores lowest, so its
     # own best-F1 cut-off (0.3) predicts B everywhere: TP 1, FP 5 for B. Micro-F1 with A

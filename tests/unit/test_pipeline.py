@@ -75,3 +75,33 @@ def test_predictions_of_a_model_the_run_no_longer_holds_are_redone(tmp_path):
     (output / "_job.json").write_text('{"bundle_hash": "old"}')
     drop_stale_predictions(Location.of(output), Location.of(bundle))
     assert not output.exists()
+
+
+def test_the_verdict_lines_give_the_difference_and_its_interval(tmp_path):
+    from poster_ray.layout import RunDir
+    from poster_ray.pipeline import PipelineResult, format_result
+
+    result = PipelineResult(RunDir(tmp_path), best="lite0")
+    for name, low, verdict in (
+        ("cnn", -0.014, "cannot tell apart from"),
+        ("lite0", 0.023, "beats"),
+    ):
+        result.headlines[name] = {
+            "micro_f1@calibrated": 0.417,
+            "baseline": "always Drama, Comedy",
+            "baseline_micro_f1": 0.419,
+            "versus_baseline": {
+                "difference": low + 0.01,
+                "low": low,
+                "high": 0.012,
+                "confidence": 0.95,
+                "posters": 229,
+                "verdict": verdict,
+            },
+        }
+    lines = format_result(result).splitlines()
+    assert lines[2] == (
+        "cnn: micro-F1 0.417 cannot tell apart from 'always Drama, Comedy' (0.419): "
+        "-0.004 [-0.014, +0.012], 95% interval over 229 test posters"
+    )
+    assert lines[3].startswith("lite0: micro-F1 0.417 beats 'always Drama, Comedy'")
