@@ -27,9 +27,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check poster_ray jobs tests bench
 	$(BIN)/ruff check poster_ray jobs tests bench
 
-# Every tier (CI runs this); test-fast is the inner loop: the unit tier, no Ray.
+# Every tier (CI runs this), its test files shared by two processes (each with its own
+# local Ray); test-fast is the inner loop: the unit tier, no Ray.
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-fast: lint
 	$(BIN)/python -m pytest -q -m unit

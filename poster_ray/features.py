@@ -13,12 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import ray
+from ray.actor import ActorHandle
 
 from poster_ray import resources
 from poster_ray.data.cache import ensure_decoded, read_cached_arrays, unpack_arrays
 from poster_ray.data.context import all_cpus_to_one_operator
 from poster_ray.data.tables import read_table
 from poster_ray.layout import RunDir
+from poster_ray.progress import counted_progress
 from poster_ray.storage import Location
 
 FEATURES_MARKER = "_features.json"  # written last: the cache is complete
@@ -32,10 +34,10 @@ class FeatureCache:
     location: Location
     dims: int
 
-    def split(self, split: str, shard: tuple[int, int] | None = None) -> ray.data.Dataset:
-        """One split's `features` and `labels` (one shard of it, chosen by id)."""
+    def split(self, split: str) -> ray.data.Dataset:
+        """One split's `features` and `labels`."""
         return read_cached_arrays(
-            self.location / f"split={split}", "features", FEATURES_DTYPE, (self.dims,), shard
+            self.location / f"split={split}", "features", FEATURES_DTYPE, (self.dims,)
         )
 
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -48,7 +50,9 @@ class FeatureCache:
 class FeatureExtractor:
     """A Ray actor holding the backbone: decoded posters in, pooled features out."""
 
-    def __init__(self, backbone: str, image_size: int, weights: str, threads: int) -> None:
+    def __init__(
+        self, backbone: str, image_size: int, weights: str, threads: int, counter: ActorHandle
+    ) -> None:
         from poster_ray.models import inference_function
         from poster_ray.models.transfer import build_backbone
 
@@ -57,11 +61,13 @@ class FeatureExtractor:
         model = build_backbone(backbone, image_size, weights)
         self.shape = model.input_shape[1:]
         self.predict = inference_function(model)
+        self.counter = counter  # a progress.RowCounter
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = unpack_arrays(batch.pop("image"), "uint8", self.shape)
         features = self.predict(images).astype(FEATURES_DTYPE)
         batch["features"] = np.array([row.tobytes() for row in features], dtype=object)
+        self.counter.add.remote(len(features), 0)
         return batch
 
 
@@ -91,7 +97,7 @@ def ensure_features(
     decoded = ray.data.read_parquet(
         run.cache(image_size).uri, columns=["id", "image", "labels", "error", "split"]
     )
-    with all_cpus_to_one_operator():
+    with all_cpus_to_one_operator(), counted_progress(decoded.count()) as counter:
         decoded.map_batches(
             FeatureExtractor,
             fn_constructor_kwargs={
@@ -99,6 +105,7 @@ def ensure_features(
                 "image_size": image_size,
                 "weights": weights,
                 "threads": plan.threads,
+                "counter": counter,
             },
             compute=ray.data.ActorPoolStrategy(size=plan.workers),
             num_cpus=plan.cpus_per_worker,

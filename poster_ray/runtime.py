@@ -125,9 +125,22 @@ def submitted_job_runtime_env() -> dict | None:
 def set_up_worker_process() -> None:
     """Every Ray worker's set-up, before it runs anything (the runtime_env's
     worker_process_setup_hook): TensorFlow's quiet first import, whoever makes it (Ray
-    itself imports TensorFlow in Train's controller and workers), and Ray Data's notice."""
+    itself imports TensorFlow in Train's controller and workers), Ray Data's notice, and
+    the state API pointed at this worker's own cluster."""
     install_filtered_tensorflow_import()
     hide_progress_bars_off_notice()
+    point_state_api_at_own_cluster()
+
+
+def point_state_api_at_own_cluster() -> None:
+    """Make Ray's state API in this worker query the cluster the worker belongs to.
+
+    Called without an address, the state API looks for a cluster on the machine and
+    fails when it finds several ("Found multiple active Ray instances"): with two local
+    runs at once, Ray Train's PlacementGroupCleaner printed that traceback in every
+    training stage. RAY_ADDRESS is where it looks first; a job's driver sets its own.
+    """
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
 
 
 def hide_progress_bars_off_notice() -> None:

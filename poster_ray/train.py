@@ -20,7 +20,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from poster_ray import export, models, resources
 from poster_ray.bundle import INFO_FILE
 from poster_ray.config import MONITORS, TrainConfig
-from poster_ray.data.cache import load_split, shard_sizes, train_labels
+from poster_ray.data.cache import load_split, train_labels
 from poster_ray.errors import PosterRayError
 from poster_ray.features import FeatureCache, ensure_features
 from poster_ray.layout import ModelDir, RunDir
@@ -36,6 +36,7 @@ from poster_ray.train_worker import (
     TrainLoopConfig,
     build_configured_model,
     train_loop_per_worker,
+    worker_dataset_name,
 )
 
 # What other stages use: tune runs its trials through the same data, checks and trainer.
@@ -173,39 +174,36 @@ class TrainingData:
     (a tuning experiment's trials too): the materialized datasets and their sizes."""
 
     datasets: dict[str, ray.data.Dataset]
-    train_rows: int  # in the smallest worker shard
-    val_rows: int
+    train_rows: int  # in each worker's share
+    val_rows: int  # in each worker's share
     inputs: ModelInputs
     loss_weights: list[float]  # positive weight per genre, from the training split
 
     @property
     def workers(self) -> int:
-        return len(self.datasets) - 1  # one train shard per worker, plus val
+        return len(self.datasets) // 2  # a train and a val share per worker
 
 
 def load_training_data(run: RunDir, config: TrainConfig, features: bool = True) -> TrainingData:
     """Decoded posters at the model's input size, or, for a transfer model's head (with
     `features`), its backbone's cached features."""
-    workers = config.workers
     cache = feature_cache(run, config) if features else None
     if cache is not None:
         inputs, shape = "features", (cache.dims,)
-        splits = {"train": lambda shard: cache.split("train", shard), "val": cache.split}
+        train_split, val_split = cache.split("train"), cache.split("val")
     else:
         size = input_size(run, config)
         inputs, shape = "image", (size, size, 3)
-        splits = {
-            "train": lambda shard: load_split(run, "train", shard, size),
-            "val": lambda split: load_split(run, split, image_size=size),
-        }
+        train_split = load_split(run, "train", image_size=size)
+        val_split = load_split(run, "val", image_size=size)
     # Datasets carry the context they were made in: no iteration progress bars in the
     # workers, whose per-epoch lines say more and cost the driver less.
     with without_progress_bars():
-        datasets = worker_datasets(splits["train"], splits["val"]("val"), workers)
+        datasets = worker_datasets(train_split, val_split, config.workers)
     return TrainingData(
         datasets=datasets,
-        train_rows=min(shard_sizes(run, "train", workers)),
-        val_rows=shard_sizes(run, "val", 1)[0],
+        train_rows=datasets[worker_dataset_name("train", 0)].count(),
+        val_rows=datasets[worker_dataset_name("val", 0)].count(),
         inputs=ModelInputs(inputs, shape, len(run.load_genres())),
         loss_weights=positive_weights(train_labels(run)),
     )
@@ -336,36 +334,40 @@ def check_model_builds(run: RunDir, config: TrainConfig) -> None:
 
 
 def worker_datasets(
-    train_shard, val: ray.data.Dataset, workers: int, seed: int = 0
+    train: ray.data.Dataset, val: ray.data.Dataset, workers: int, seed: int = 0
 ) -> dict[str, ray.data.Dataset]:
-    """Each worker's own id-hashed training shard, and the whole validation split.
+    """Each worker's own equal share of the training and the validation split.
 
-    Materialized once (in Ray's object store, spilling to disk when full): every epoch
-    re-executing the read pipeline cost 7-17 s per pass on 2 cores. A worker then
-    copies its shard into its own memory when it fits and shuffles all of it every
-    epoch; otherwise each epoch streams the shard's blocks (SHUFFLE_BLOCK_ROWS rows
-    each) in a new random order through a local shuffle buffer (train_worker). No
-    streaming_split: its lockstep epochs deadlocked when one worker's tf.data prefetch
-    ran an epoch ahead.
+    Each split is read from the cache once and materialized (in Ray's object store,
+    spilling to disk when full): every epoch re-executing the read pipeline cost 7-17 s
+    per pass on 2 cores. Then it is split into `workers` equal shares of its blocks,
+    without reading it again; a worker copies its share into its own memory when it fits
+    and shuffles all of it every epoch, otherwise each epoch streams the share's blocks
+    (SHUFFLE_BLOCK_ROWS rows each) in a new random order through a local shuffle buffer
+    (train_worker). Keras sums the validation metrics of the shares, so each epoch
+    validates once in all. No streaming_split: its lockstep epochs deadlocked when one
+    worker's tf.data prefetch ran an epoch ahead.
     """
-    shards = {
-        f"train_{rank}": train_shard((rank, workers))
-        .repartition(target_num_rows_per_block=SHUFFLE_BLOCK_ROWS)
+    train_shares = (
+        train.repartition(target_num_rows_per_block=SHUFFLE_BLOCK_ROWS)
         .materialize()
-        .randomize_block_order(
-            seed=ray.data.RandomSeedConfig(seed=seed + rank, reseed_after_execution=True)
-        )
-        for rank in range(workers)
-    }
-    return {**shards, "val": val.materialize()}
+        .split(workers, equal=True)
+    )
+    val_shares = val.materialize().split(workers, equal=True)
+    datasets = {}
+    for rank, (train_share, val_share) in enumerate(zip(train_shares, val_shares, strict=True)):
+        order = ray.data.RandomSeedConfig(seed=seed + rank, reseed_after_execution=True)
+        datasets[worker_dataset_name("train", rank)] = train_share.randomize_block_order(seed=order)
+        datasets[worker_dataset_name("val", rank)] = val_share
+    return datasets
 
 
 def step_counts(data: TrainingData, config: TrainConfig) -> dict[str, Steps]:
     """Batch size and steps per epoch of each split, the same on every worker (Keras
     needs fixed steps for distributed data).
 
-    A training epoch is one pass over the smallest shard; validation covers the whole
-    validation split on every worker, in smaller batches where the split is small.
+    A training epoch is one pass over a worker's share; validation one pass over its
+    share of the validation split, in smaller batches where the share is small.
     """
     batch = per_worker_batch(config)
     if data.train_rows < batch:

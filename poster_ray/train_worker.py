@@ -1,9 +1,9 @@
 """Each Ray Train worker: build or restore the model, fit it, report every epoch.
 
-Runs under MultiWorkerMirroredStrategy: every worker trains on its own shard of the
-training split, validates on the whole validation split, and takes part in every
-checkpoint. Inputs are decoded posters, or a frozen backbone's cached features when
-only a transfer model's head trains.
+Runs under MultiWorkerMirroredStrategy: every worker trains on its own share of the
+training split and validates on its share of the validation split (Keras sums the
+shares' metrics), and takes part in every checkpoint. Inputs are decoded posters, or a
+frozen backbone's cached features when only a transfer model's head trains.
 """
 
 from __future__ import annotations
@@ -58,12 +58,17 @@ class TrainLoopConfig:
     loss_weights: list[float]  # positive weight per genre, from the training split
     train_steps: Steps
     val_steps: Steps
-    dataset_bytes: dict[str, int]  # by dataset name: train_RANK, val
+    dataset_bytes: dict[str, int]  # by dataset name (worker_dataset_name)
     head_weights: list | None = None  # fine-tuning starts from the trained head
 
     @property
     def monitor_mode(self) -> str:
         return MONITORS[self.settings.monitor]
+
+
+def worker_dataset_name(split: str, rank: int) -> str:
+    """The name under which Ray Train hands worker `rank` its share of `split`."""
+    return f"{split}_{rank}"
 
 
 def build_configured_model(
@@ -115,21 +120,27 @@ def train_loop_per_worker(train_loop_config: dict) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
 
-    def worker_dataset(name: str, steps: Steps):
-        train = name != "val"
+    read: dict[str, int] = {}  # rows and bytes of its training share a worker copied in
+
+    def worker_dataset(split: str, steps: Steps):
+        name = worker_dataset_name(split, rank)
         in_memory = reads_from_memory(
             config.in_memory, loop.dataset_bytes[name], context.get_local_world_size()
         )
-        return lambda _: dataset_shard(name, loop.inputs.column, steps.batch, train, in_memory)
+        shuffle = split == "train"
+        counts = read if shuffle else {}
+        return lambda _: dataset_shard(
+            name, loop.inputs.column, steps.batch, shuffle, in_memory, counts
+        )
 
     train_data = strategy.distribute_datasets_from_function(
-        worker_dataset(f"train_{rank}", loop.train_steps)
+        worker_dataset("train", loop.train_steps)
     )
     val_data = strategy.distribute_datasets_from_function(worker_dataset("val", loop.val_steps))
     # Order matters: every callback after DerivedMetrics sees its metrics in `logs`.
     callbacks = [
         DerivedMetrics(),
-        EpochReport(history, loop, rank, precision),
+        EpochReport(history, loop, rank, precision, read),
     ]
     if config.early_stopping:
         callbacks.append(early_stopping)
@@ -164,21 +175,24 @@ def restore_or_build(loop: TrainLoopConfig, precision: str):
     return model, []
 
 
-def dataset_shard(name: str, column: str, batch_size: int, shuffle: bool, in_memory: bool):
+def dataset_shard(
+    name: str, column: str, batch_size: int, shuffle: bool, in_memory: bool, read: dict
+):
     """This worker's shard of a split as an endless tf.data.Dataset of (inputs, labels).
 
     Keras needs fixed step counts for distributed datasets and then keeps one iterator
     across epochs, so the shard repeats; drop_last keeps batch shapes fixed on every
     worker. `in_memory` copies the shard into this process once and shuffles all of it
-    every pass, as plain Keras does with arrays; otherwise each pass streams it from
-    Ray's object store (a new Ray Data epoch: blocks in a new order, then a local
-    shuffle buffer), which cost about 15% of training speed on 2 cores.
+    every pass, as plain Keras does with arrays, and counts the rows and bytes it copied
+    into `read`; otherwise each pass streams it from Ray's object store (a new Ray Data
+    epoch: blocks in a new order, then a local shuffle buffer), which cost about 15% of
+    training speed on 2 cores.
     """
     from ray.train.tensorflow import prepare_dataset_shard
 
     shard = ray.train.get_dataset_shard(name)
     if in_memory:
-        return prepare_dataset_shard(arrays_dataset(shard, column, batch_size, shuffle))
+        return prepare_dataset_shard(arrays_dataset(shard, column, batch_size, shuffle, read))
     batches = shard.to_tf(
         column,
         "labels",
@@ -189,14 +203,17 @@ def dataset_shard(name: str, column: str, batch_size: int, shuffle: bool, in_mem
     return prepare_dataset_shard(batches).repeat()
 
 
-def arrays_dataset(shard, column: str, batch_size: int, shuffle: bool):
+def arrays_dataset(shard, column: str, batch_size: int, shuffle: bool, read: dict | None = None):
     """The shard read once into two tensors; each pass gathers batches of a new
     permutation of their rows (only the indices are shuffled, never the images)."""
     from poster_ray.tf_import import tf
 
     blocks = list(shard.iter_batches(batch_size=None, batch_format="numpy"))
-    inputs = tf.constant(np.concatenate([block[column] for block in blocks]))
-    labels = tf.constant(np.concatenate([block["labels"] for block in blocks]))
+    inputs = np.concatenate([block[column] for block in blocks])
+    labels = np.concatenate([block["labels"] for block in blocks])
+    if read is not None:
+        read.update(rows_read=len(labels), bytes_read=inputs.nbytes + labels.nbytes)
+    inputs, labels = tf.constant(inputs), tf.constant(labels)
     rows = tf.data.Dataset.range(len(labels))
     if shuffle:
         rows = rows.shuffle(len(labels), reshuffle_each_iteration=True)
@@ -264,10 +281,16 @@ class EpochReport(keras.callbacks.Callback):
     """
 
     def __init__(
-        self, history: list[dict], loop: TrainLoopConfig, rank: int, precision: str
+        self,
+        history: list[dict],
+        loop: TrainLoopConfig,
+        rank: int,
+        precision: str,
+        read: dict[str, int],
     ) -> None:
         super().__init__()
         self.history = history
+        self.read = read  # what this worker copied of its training share, when it did
         # Images per epoch from the fixed step count: a per-batch hook would make Keras
         # copy every step's logs to the host, a sync that cost training speed.
         self.images = loop.train_steps.steps * loop.settings.batch_size
@@ -309,7 +332,9 @@ class EpochReport(keras.callbacks.Callback):
             self.model.save(Path(directory) / MODEL_FILE, save_format="keras_v3")
             (Path(directory) / HISTORY_FILE).write_text(json.dumps(self.history))
             checkpoint = ray.train.Checkpoint.from_directory(directory) if self.rank == 0 else None
-            ray.train.report({**metrics, **placement_group_of_this_worker()}, checkpoint=checkpoint)
+            # Each worker's own reads reach Ray's callbacks; the history is rank 0's.
+            reported = {**metrics, **self.read, **placement_group_of_this_worker()}
+            ray.train.report(reported, checkpoint=checkpoint)
 
 
 def micro_f1(precision: float, recall: float) -> float:

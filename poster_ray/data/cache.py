@@ -7,12 +7,12 @@ native resolution, say) is decoded beside the run's own the first time it is ask
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import ray
+from ray.actor import ActorHandle
 
 from poster_ray.config import PreprocessSpec
 from poster_ray.data.context import all_cpus_to_one_operator
@@ -20,6 +20,7 @@ from poster_ray.data.tables import read_table
 from poster_ray.errors import PosterRayError
 from poster_ray.images import decode_files, pack_images
 from poster_ray.layout import RunDir
+from poster_ray.progress import counted_progress
 from poster_ray.runtime import init_ray
 from poster_ray.storage import Location
 
@@ -33,22 +34,29 @@ DECODED_MARKER = "_decoded.json"
 # ---------------------------------------------------------------- writing the cache
 
 
-def decode_dataset(records: pd.DataFrame, spec: PreprocessSpec) -> ray.data.Dataset:
+def decode_dataset(
+    records: pd.DataFrame, spec: PreprocessSpec, counter: ActorHandle | None = None
+) -> ray.data.Dataset:
     """A streaming Ray Dataset of decoded posters: one output row per input row.
 
     Each input row carries `path`; output rows add `image` (uint8, spec.shape) and
     `error` ("" when the poster decoded). Undecodable files are flagged, never fatal.
+    Each task adds what it decoded to `counter` (a progress.RowCounter) when given.
     """
     items = records.to_dict("records")
     num_blocks = max(1, -(-len(items) // _ROWS_PER_BLOCK))
     return ray.data.from_items(items, override_num_blocks=num_blocks).map_batches(
-        _decode_batch, fn_kwargs={"spec": spec}, batch_size=None
+        _decode_batch, fn_kwargs={"spec": spec, "counter": counter}, batch_size=None
     )
 
 
-def _decode_batch(batch: dict[str, np.ndarray], spec: PreprocessSpec) -> dict[str, np.ndarray]:
+def _decode_batch(
+    batch: dict[str, np.ndarray], spec: PreprocessSpec, counter: ActorHandle | None
+) -> dict[str, np.ndarray]:
     images, batch["error"] = decode_files(batch["path"], spec)
     batch["image"] = pack_images(images)
+    if counter is not None:
+        counter.add.remote(len(batch["error"]), int(np.count_nonzero(batch["error"] != "")))
     return batch
 
 
@@ -58,8 +66,8 @@ def decode_to_cache(records: pd.DataFrame, run: RunDir, spec: PreprocessSpec) ->
     cache = run.cache(spec.image_size)
     cache.remove()
     print(f"Decoding {len(records)} posters at {spec.image_size}x{spec.image_size} ...", flush=True)
-    with all_cpus_to_one_operator():
-        decode_dataset(records, spec).write_parquet(
+    with all_cpus_to_one_operator(), counted_progress(len(records)) as counter:
+        decode_dataset(records, spec, counter).write_parquet(
             cache.uri, partition_cols=["split"], compression="none", use_dictionary=False
         )
     (cache / DECODED_MARKER).write_json({"posters": len(records), "image_size": spec.image_size})
@@ -88,18 +96,13 @@ def ensure_decoded(run: RunDir, image_size: int) -> None:
 # ---------------------------------------------------------------- reading it
 
 
-def load_split(
-    run: RunDir, split: str, shard: tuple[int, int] | None = None, image_size: int | None = None
-) -> ray.data.Dataset:
+def load_split(run: RunDir, split: str, image_size: int | None = None) -> ray.data.Dataset:
     """One split's decoded posters from the cache: `image` (uint8 HxWx3) and `labels`.
 
-    `shard` (index, count) keeps one disjoint part of the split, chosen by id.
     `image_size` defaults to the run's own; another size is decoded first if need be.
     """
     spec = decoded_spec(run, image_size)
-    return read_cached_arrays(
-        run.cache_split(split, spec.image_size), "image", "uint8", spec.shape, shard
-    )
+    return read_cached_arrays(run.cache_split(split, spec.image_size), "image", "uint8", spec.shape)
 
 
 def read_cached_arrays(
@@ -107,37 +110,26 @@ def read_cached_arrays(
     column: str,
     dtype: str,
     shape: tuple[int, ...],
-    shard: tuple[int, int] | None = None,
 ) -> ray.data.Dataset:
     """A cache's usable rows as a Ray Dataset of `column` (arrays) and `labels`."""
     from ray.data.expressions import col
 
     return (
-        ray.data.read_parquet(location.uri, columns=["id", column, "labels", "error"])
+        ray.data.read_parquet(location.uri, columns=[column, "labels", "error"])
         .filter(expr=col("error") == "")
         .map_batches(
             _unpack_batch,
-            fn_kwargs={"column": column, "dtype": dtype, "shape": shape, "shard": shard},
+            fn_kwargs={"column": column, "dtype": dtype, "shape": shape},
             batch_size=64,
         )
     )
 
 
 def _unpack_batch(
-    batch: dict[str, np.ndarray],
-    column: str,
-    dtype: str,
-    shape: tuple[int, ...],
-    shard: tuple[int, int] | None,
+    batch: dict[str, np.ndarray], column: str, dtype: str, shape: tuple[int, ...]
 ) -> dict[str, np.ndarray]:
-    """Raw bytes of `column` -> arrays; keep this shard's rows; drop the rest."""
-    keep = np.ones(len(batch["id"]), dtype=bool)
-    if shard is not None:
-        keep = shard_of(batch["id"], shard[1]) == shard[0]
-    return {
-        column: unpack_arrays(batch[column][keep], dtype, shape),
-        "labels": batch["labels"][keep],
-    }
+    """Raw bytes of `column` -> arrays, beside the labels."""
+    return {column: unpack_arrays(batch[column], dtype, shape), "labels": batch["labels"]}
 
 
 def unpack_arrays(blobs: np.ndarray, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -160,18 +152,6 @@ def read_split_arrays(
 
 
 # ---------------------------------------------------------------- the manifest's answers
-
-
-def shard_of(ids: np.ndarray, num_shards: int) -> np.ndarray:
-    """A stable shard number per poster id, the same in every process and run."""
-    return np.array([zlib.crc32(str(poster_id).encode()) % num_shards for poster_id in ids])
-
-
-def shard_sizes(run: RunDir, split: str, num_shards: int) -> list[int]:
-    """How many posters of `split` each shard holds (from the manifest, no reading)."""
-    manifest = read_table(run.manifest, columns=["id", "split"])
-    shards = shard_of(manifest.loc[manifest["split"] == split, "id"].to_numpy(), num_shards)
-    return np.bincount(shards, minlength=num_shards).tolist()
 
 
 def train_labels(run: RunDir) -> np.ndarray:

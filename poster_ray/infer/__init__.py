@@ -7,11 +7,11 @@ bucket) -> Parquet rows, one per file, in resumable chunks.
     decode    the decode stage's function
     actor     the model stage: one bundle per actor, in its hardware's precision
     pipeline  the Ray Data pipeline (decode tasks beside model actors) and the commits
-    progress  files done, images/s, ETA and errors, on a terminal or in a log
     job       run_inference: all of it, and the summary
 
 Files that cannot be read or decoded (missing, empty, truncated, not an image, a
-decompression bomb) become error rows and skip the model; the job carries on.
+decompression bomb) become error rows and skip the model; the job carries on. Its
+progress line is poster_ray.progress's, as decoding's and feature extraction's are.
 
 The job's names are loaded on first use: Ray's decode and model workers import this
 package for their own small modules, and must not pay for the driver's imports (Ray

@@ -21,8 +21,8 @@ from poster_ray.infer.pipeline import (
     plan_inference,
     run_inference_dataset,
 )
-from poster_ray.infer.progress import Progress
 from poster_ray.infer.rows import output_schema
+from poster_ray.progress import Progress
 from poster_ray.resources import PRECISIONS, alive_nodes
 from poster_ray.runtime import init_ray
 from poster_ray.storage import Location

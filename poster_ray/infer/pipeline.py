@@ -30,7 +30,7 @@ from poster_ray.errors import PosterRayError
 from poster_ray.infer.actor import CHUNK_COLUMN, PRECISION_COLUMN, ModelActor
 from poster_ray.infer.decode import decode_batch
 from poster_ray.infer.output import OutputFolder, part_name
-from poster_ray.infer.progress import Progress
+from poster_ray.progress import Progress
 from poster_ray.resources import Node, plan_workers
 from poster_ray.runtime import without_progress_bars
 

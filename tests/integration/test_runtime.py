@@ -220,3 +220,46 @@ def test_a_tensorflow_import_failure_in_a_worker_reaches_the_user(fresh_ray):
     assert len(report["errors"]) == 2
     assert all(FAKE_IMPORT_ERROR in error for error in report["errors"])
     assert console.count(FAKE_LIBRARY_LINE) == 2, console[-3000:]
+
+
+ANOTHER_RAY = """
+import sys, ray
+ray.init(num_cpus=0, include_dashboard=False)
+print(ray.get_runtime_context().gcs_address, flush=True)
+sys.stdin.read()  # until the test closes it
+ray.shutdown()
+"""
+
+
+@pytest.fixture
+def another_local_ray():
+    """A second local Ray on this machine, as another poster-ray run would start: the
+    driver of a subprocess, which shuts its Ray down when the test closes its stdin."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", ANOTHER_RAY],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        yield process.stdout.readline().strip()
+        process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_workers_query_their_own_cluster_when_another_ray_runs(ray_session, another_local_ray):
+    """Ray Train's cleaner actor queries the state API: with two local Rays, it failed to
+    tell which one is its own."""
+    import ray
+    from ray.util.state import list_nodes
+
+    @ray.remote(num_cpus=0)
+    def state_api_answer() -> tuple[str, list[str]]:
+        return os.environ["RAY_ADDRESS"], [node.node_id for node in list_nodes()]
+
+    address, nodes = ray.get(state_api_answer.remote())
+    assert address == ray.get_runtime_context().gcs_address != another_local_ray
+    assert nodes == [ray.get_runtime_context().get_node_id()]

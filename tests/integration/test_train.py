@@ -150,7 +150,7 @@ def test_float16_trains_with_loss_scaling_resumes_and_exports_float32(run):
         keras.mixed_precision.set_global_policy("float32")
     assert isinstance(restored.optimizer, keras.mixed_precision.LossScaleOptimizer)
     # Its steps (and its loss scale) carried across the resume: two epochs' worth.
-    steps_per_epoch = cache.shard_sizes(run, "train", 1)[0] // config.batch_size
+    steps_per_epoch = len(cache.read_split_arrays(run, "train")[0]) // config.batch_size
     assert restored.optimizer.iterations.numpy() == 2 * steps_per_epoch
     assert conv_dtypes(restored) == {"float16"}
     assert conv_dtypes(models.load_model(out / "model.keras")) == {"float32"}
@@ -229,13 +229,11 @@ def test_patience_counts_the_epochs_before_a_resume():
 
 
 def training_worker_pids() -> set[int]:
-    import psutil
+    """The processes of this Ray's live training workers (other Rays may run here)."""
+    from ray.util.state import list_actors
 
-    return {
-        process.pid
-        for process in psutil.process_iter(["cmdline"])
-        if "RayTrainWorker" in " ".join(process.info["cmdline"] or [])
-    }
+    alive = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+    return {actor.pid for actor in list_actors(filters=alive, raise_on_missing_output=False)}
 
 
 def test_a_killed_worker_resumes_from_the_last_checkpoint(tmp_path_factory, ray_session):
@@ -266,42 +264,61 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(tmp_path_factory, ray_
     assert replacements, "no worker was restarted"
 
 
-def test_shards_are_disjoint_stable_and_cover_the_split():
-    ids = np.array([f"tt{i:07d}" for i in range(500)])
-    shards = cache.shard_of(ids, 2)
-    assert set(shards) == {0, 1}
-    np.testing.assert_array_equal(shards, cache.shard_of(ids, 2))
-    assert 200 < (shards == 0).sum() < 300
+def images_of(dataset) -> list[bytes]:
+    return [image.tobytes() for batch in dataset.iter_batches() for image in batch["image"]]
 
 
-def test_shards_cover_the_split_and_each_epoch_reads_them_in_a_new_order(run, monkeypatch):
-    monkeypatch.setattr(train, "SHUFFLE_BLOCK_ROWS", 2)  # many blocks even in a tiny shard
+def test_each_worker_gets_an_equal_disjoint_share_and_a_new_order_each_epoch(run, monkeypatch):
+    monkeypatch.setattr(train, "SHUFFLE_BLOCK_ROWS", 2)  # many blocks even in a tiny share
     training_data = train.load_training_data(run, replace(TINY, workers=2))
-    assert sorted(training_data.datasets) == ["train_0", "train_1", "val"]
-    shard_sizes = cache.shard_sizes(run, "train", 2)
-    shards = [training_data.datasets[f"train_{rank}"] for rank in (0, 1)]
-    assert [shard.count() for shard in shards] == shard_sizes
+    assert sorted(training_data.datasets) == ["train_0", "train_1", "val_0", "val_1"]
+    share_rows = {}
+    for split in ("train", "val"):
+        shares = [images_of(training_data.datasets[f"{split}_{rank}"]) for rank in (0, 1)]
+        rows = len(cache.read_split_arrays(run, split)[0])
+        assert len(shares[0]) == len(shares[1]) == rows // 2  # equal, at most one row left
+        assert not set(shares[0]) & set(shares[1])
+        share_rows[split] = rows // 2
+    assert (training_data.train_rows, training_data.val_rows) == tuple(share_rows.values())
     steps = train.step_counts(training_data, replace(TINY, batch_size=4))
-    assert steps["train"] == train_worker.Steps(batch=2, steps=min(shard_sizes) // 2)
-    assert steps["val"].steps == cache.shard_sizes(run, "val", 1)[0] // 2
+    assert steps["train"] == train_worker.Steps(batch=2, steps=training_data.train_rows // 2)
+    assert steps["val"].steps == training_data.val_rows // 2
 
-    def epoch_order() -> list[bytes]:
-        return [image.tobytes() for batch in shards[0].iter_batches() for image in batch["image"]]
-
-    first, second = epoch_order(), epoch_order()
+    share = training_data.datasets["train_0"]
+    first, second = images_of(share), images_of(share)
     assert first != second
     assert sorted(first) == sorted(second)  # the same posters, each once
 
 
+def test_two_workers_validate_once_on_their_shares_with_the_metrics_of_the_whole(run, trained):
+    """The epoch's validation metrics are those of the model on both shares together."""
+    data = train.load_training_data(run, TINY)
+    steps = train.step_counts(data, TINY)["val"]
+    used = steps.batch * steps.steps  # rows of each share one validation pass takes
+    shares = [data.datasets[f"val_{rank}"].take_batch(used) for rank in (0, 1)]
+    # Rank 0's batches, then rank 1's: Keras sums each metric's counts over the workers.
+    images = np.concatenate([share["image"] for share in shares])
+    labels = np.concatenate([share["labels"] for share in shares])
+    checkpoint = sorted((run.root.local_path / "ray" / "tiny").glob("checkpoint_*"))[0]
+    epoch = json.loads((checkpoint / "history.json").read_text())[-1]
+    model = keras.models.load_model(checkpoint / "model.keras")  # compiled, as trained
+    evaluated = model.evaluate(images, labels, batch_size=steps.batch, verbose=0, return_dict=True)
+    for metric in ("precision", "recall", "auc", "pr_auc"):
+        assert evaluated[metric] == pytest.approx(epoch[f"val_{metric}"], abs=1e-3), metric
+    assert evaluated["loss"] == pytest.approx(epoch["val_loss"], rel=1e-2)
+
+
 def test_an_in_memory_shard_pairs_every_row_with_its_labels_in_a_new_order_each_pass(run):
     shard = train.load_training_data(run, replace(TINY, workers=1)).datasets["train_0"]
+    read = {}
     streamed = {
         image.tobytes(): labels.tobytes()
         for batch in shard.iter_batches(batch_format="numpy")
         for image, labels in zip(batch["image"], batch["labels"], strict=True)
     }
     rows, batch = shard.count(), 4
-    batches = iter(train_worker.arrays_dataset(shard, "image", batch, shuffle=True))
+    batches = iter(train_worker.arrays_dataset(shard, "image", batch, shuffle=True, read=read))
+    assert read["rows_read"] == rows and read["bytes_read"] > rows * 32 * 32 * 3
 
     def one_pass() -> list[tuple[bytes, bytes]]:
         return [

@@ -9,7 +9,7 @@ import io
 
 import pytest
 
-from poster_ray.infer.progress import Progress, format_duration
+from poster_ray.progress import Progress, format_duration
 
 
 class FakeClock:

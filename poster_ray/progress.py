@@ -1,4 +1,8 @@
-"""Progress of a long job: files done of total, images/s, ETA and errors, on one line.
+"""Progress of long work: files done of total, images/s, ETA and errors, on one line.
+
+Bulk inference counts rows as its driver commits them; decoding and feature extraction
+run as Ray Data writes, so their tasks count what they finish on a small counter actor
+that the driver reads (`counted_progress`).
 
 On a terminal the line is redrawn in place (``\\r``) at most twice a second; in a log
 (`ray job logs`, a file, a pipe) one line is printed a minute, so an overnight job leaves
@@ -8,10 +12,15 @@ last minute, so the ETA follows the job's steady speed rather than its start-up.
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TextIO
+
+import ray
 
 REDRAW_EVERY_S = 0.5  # on a terminal
 LOG_EVERY_S = 60.0  # in a log
@@ -100,8 +109,8 @@ class Progress:
             f"{figures['files_done']:,}/{figures['files_total']:,} files ({percent:.1f}%), "
             f"{figures['images_per_s']:.1f} img/s, "
             f"ETA {'--' if eta is None else format_duration(eta)}, "
-            f"{figures['errors']:,} errors, "
-            f"{figures['parts_done']}/{figures['parts_total']} parts"
+            f"{figures['errors']:,} errors"
+            + (f", {figures['parts_done']}/{figures['parts_total']} parts" if self.parts else "")
         )
 
     def show(self, now: float) -> None:
@@ -124,3 +133,48 @@ class Progress:
         if self.tty:
             self.stream.write("\n")
             self.stream.flush()
+
+
+@ray.remote(num_cpus=0)
+class RowCounter:
+    """Rows (and error rows) the tasks of one stage finished, wherever they ran."""
+
+    def __init__(self) -> None:
+        self.rows, self.errors = 0, 0
+
+    def add(self, rows: int, errors: int) -> None:
+        self.rows, self.errors = self.rows + rows, self.errors + errors
+
+    def counts(self) -> tuple[int, int]:
+        return self.rows, self.errors
+
+
+POLL_EVERY_S = 0.5
+
+
+@contextmanager
+def counted_progress(total: int, stream: TextIO | None = None) -> Iterator[ray.actor.ActorHandle]:
+    """A RowCounter for the tasks of work over `total` rows, and its progress line on
+    `stream` (stdout) while the body runs; the last figures when it ends."""
+    counter = RowCounter.remote()
+    progress = Progress(total, 0, 0, 0, sys.stdout if stream is None else stream)
+    stopped = threading.Event()
+
+    def follow() -> None:
+        while not stopped.wait(POLL_EVERY_S):
+            rows, errors = ray.get(counter.counts.remote())
+            if rows > progress.processed:
+                progress.advance(rows - progress.processed, errors - progress.errors)
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    try:
+        yield counter
+    finally:
+        stopped.set()
+        follower.join()
+        rows, errors = ray.get(counter.counts.remote())
+        if rows > progress.processed:
+            progress.advance(rows - progress.processed, errors - progress.errors)
+        progress.finish()
+        ray.kill(counter)
