@@ -276,8 +276,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:
         left = INTERRUPTED.get(args.command, NOTHING_WRITTEN)
         print(f"poster-ray: interrupted: {left}", file=sys.stderr, flush=True)
+        shut_down_ray()
         return interrupt_exit_code(interrupt)
     return 0
+
+
+def shut_down_ray() -> None:
+    """Shut the run's Ray down now, while the process still exits as it chose (Ray's own
+    exit hook, with a signal's work still under way, ended the process with status 1)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -84,17 +84,18 @@ def init_ray(
     # Ray Data read RAY_DATA_LOG_LEVEL when it was imported, maybe before this ran.
     logging.getLogger("ray.data").setLevel(os.environ["RAY_DATA_LOG_LEVEL"])
     hide_progress_bars_off_notice()
-    if starts_local_ray():
-        bind_to_loopback()
+    local = starts_local_ray()
+    if local:
         start_reaper()  # before ray.init: a start-up that fails leaves nothing either
     try:
-        ray.init(
-            num_cpus=num_cpus,
-            include_dashboard=dashboard,
-            runtime_env=worker_runtime_env(progress_bars),
-            log_to_driver=True,
-            logging_config=ray.LoggingConfig(encoding="TEXT", log_level="WARNING"),
-        )
+        with loopback_only(local):
+            ray.init(
+                num_cpus=num_cpus,
+                include_dashboard=dashboard,
+                runtime_env=worker_runtime_env(progress_bars),
+                log_to_driver=True,
+                logging_config=ray.LoggingConfig(encoding="TEXT", log_level="WARNING"),
+            )
     except Exception as error:  # Ray raises a bare Exception when its node times out
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise RunFailure(f"Ray did not start: {reason} The same command retries.") from None
@@ -107,16 +108,34 @@ def starts_local_ray() -> bool:
     return "RAY_ADDRESS" not in os.environ and submitted_job_runtime_env() is None
 
 
-def bind_to_loopback() -> None:
-    """Make a local Ray listen on 127.0.0.1 (LOOPBACK_ENV), in the driver and in every
-    process it starts. Ray reads the switch when it is imported, which may have been
-    before this ran, so its constant is set too (ray/_private/ray_constants.py, read by
-    `services.get_node_ip_address`: Ray has no public setting for it; `ray.init`
-    rewrites `_node_ip_address="127.0.0.1"` to the machine's outward address)."""
-    os.environ.update(LOOPBACK_ENV)
+@contextmanager
+def loopback_only(local: bool) -> Iterator[None]:
+    """While a local Ray starts (`local`), its node address is 127.0.0.1 (LOOPBACK_ENV),
+    for the driver and every process Ray starts; restored afterwards, so a later
+    `ray start` or a connection to a real cluster from this process is unaffected.
+
+    Ray reads the switch when it is imported, maybe before this ran, so its constant is
+    set too (ray/_private/ray_constants.py, read by `services.get_node_ip_address` only):
+    Ray has no public setting for it, and `ray.init` rewrites
+    `_node_ip_address="127.0.0.1"` to the machine's outward address."""
+    if not local:
+        yield
+        return
     from ray._private import ray_constants
 
+    saved_env = {key: os.environ.get(key) for key in LOOPBACK_ENV}
+    saved_switch = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.update(LOOPBACK_ENV)
     ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_switch
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def start_reaper() -> None:

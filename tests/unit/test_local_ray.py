@@ -1,4 +1,5 @@
-"""The reaper ends a driver's processes when the driver dies, even by SIGKILL."""
+"""A local Ray's set-up: the reaper ends a driver's processes when the driver dies (even
+by SIGKILL), and the loopback switch holds only while a local Ray starts."""
 
 from __future__ import annotations
 
@@ -60,3 +61,19 @@ def test_the_reaper_ends_when_its_driver_exits_normally():
     assert finished.returncode == 0, finished.stderr
     pid, start = (int(word) for word in finished.stdout.split())
     assert wait_until(lambda: not running({(pid, start)}), timeout=10)
+
+
+def test_the_loopback_switch_holds_only_while_a_local_ray_starts(monkeypatch):
+    from ray._private import ray_constants
+
+    from poster_ray.runtime import LOOPBACK_ENV, loopback_only
+
+    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    with loopback_only(True):
+        assert {key: os.environ[key] for key in LOOPBACK_ENV} == LOOPBACK_ENV
+        assert ray_constants.ENABLE_RAY_CLUSTER is False
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ
+    assert ray_constants.ENABLE_RAY_CLUSTER is before
+    with loopback_only(False):  # attaching to a cluster: its own addresses
+        assert ray_constants.ENABLE_RAY_CLUSTER is before
