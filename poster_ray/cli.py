@@ -22,7 +22,7 @@ from poster_ray.config import (
     TrainConfig,
     TuneSettings,
 )
-from poster_ray.errors import PosterRayError, interrupt_exit_code
+from poster_ray.errors import INTERRUPT_STATUSES, PosterRayError, interrupt_exit_code
 from poster_ray.layout import COMPARISON_FILE, ModelDir, RunDir
 from poster_ray.options import OneLineParser, SettingsOptions
 from poster_ray.pipeline import PROFILES
@@ -282,13 +282,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def shut_down_ray() -> None:
-    """Shut the run's Ray down now, while the process still exits as it chose (Ray's own
-    exit hook, with a signal's work still under way, ended the process with status 1)."""
+    """Shut the run's Ray down before the process exits, so that an interrupted command
+    ends its processes as it ends (the reaper is the fallback when it cannot)."""
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
 
 
+def run() -> None:
+    """The `poster-ray` command: main's status as the process's exit status.
+
+    After an interrupt, with Ray already shut down, the process ends at once with its
+    status (130 or 143): the interpreter's own exit after a Ctrl-C inside a Ray Data
+    run still reported 1 (measured, cause not found), which a shell would read as a
+    failed run."""
+    status = main()
+    if status in INTERRUPT_STATUSES:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

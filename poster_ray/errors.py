@@ -29,6 +29,10 @@ class Terminated(KeyboardInterrupt):
     the same way for both."""
 
 
+# The exit statuses of an interrupted command: Ctrl-C, SIGTERM.
+INTERRUPT_STATUSES = (128 + int(signal.SIGINT), 128 + int(signal.SIGTERM))
+
+
 def interrupt_exit_code(error: KeyboardInterrupt) -> int:
     """130 for Ctrl-C (SIGINT), 143 for SIGTERM: what a shell reports for each signal."""
     number = signal.SIGTERM if isinstance(error, Terminated) else signal.SIGINT
