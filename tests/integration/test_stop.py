@@ -9,10 +9,12 @@ group), and follows the processes of that driver by the pids it saw descend from
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,10 +40,17 @@ def job_argv(tmp_path_factory) -> list[str]:
     return ["infer", str(bundle), "--input", str(root / "posters"), "--num-cpus", "2"]
 
 
-def start_driver(argv: list[str], out: Path, logs: Path) -> subprocess.Popen:
-    """The job in a new session (a terminal's process group of its own), with a Ray temp
-    dir of its own: short, as Ray's socket paths must be."""
+@pytest.fixture
+def ray_temp() -> Iterator[str]:
+    """A Ray temp dir of the test's own: short, as Ray's socket paths must be."""
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    yield temp
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def start_driver(argv: list[str], out: Path, logs: Path, temp: str) -> subprocess.Popen:
+    """The job in a new session (a terminal's process group of its own), its Ray in
+    `temp`."""
     env = {**os.environ, "RAY_TMPDIR": temp}
     env.pop("RAY_ADDRESS", None)
     return subprocess.Popen(
@@ -111,8 +120,8 @@ def assert_nothing_left(started: set[Process], ports: dict[int, str]) -> None:
     assert not still, {port: holders(port) for port, _ in still}
 
 
-def test_kill_9_of_the_driver_leaves_no_process_and_no_port(job_argv, tmp_path):
-    driver = start_driver(job_argv, tmp_path / "out", tmp_path)
+def test_kill_9_of_the_driver_leaves_no_process_and_no_port(job_argv, tmp_path, ray_temp):
+    driver = start_driver(job_argv, tmp_path / "out", tmp_path, ray_temp)
     started: set[Process] = set()
     try:
         started = running_job(driver, tmp_path)
@@ -134,8 +143,10 @@ def test_kill_9_of_the_driver_leaves_no_process_and_no_port(job_argv, tmp_path):
     ],
     ids=["ctrl-c", "sigterm"],
 )
-def test_a_stopped_driver_says_so_in_one_line_and_ends_its_ray(job_argv, tmp_path, stop, status):
-    driver = start_driver(job_argv, tmp_path / "out", tmp_path)
+def test_a_stopped_driver_says_so_in_one_line_and_ends_its_ray(
+    job_argv, tmp_path, ray_temp, stop, status
+):
+    driver = start_driver(job_argv, tmp_path / "out", tmp_path, ray_temp)
     started: set[Process] = set()
     try:
         started = running_job(driver, tmp_path)
