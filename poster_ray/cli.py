@@ -24,9 +24,9 @@ from poster_ray.config import (
     TrainConfig,
     TuneSettings,
 )
-from poster_ray.errors import PosterRayError
+from poster_ray.errors import INTERRUPT_STATUSES, PosterRayError, interrupt_exit_code
 from poster_ray.layout import COMPARISON_FILE, ModelDir, RunDir
-from poster_ray.options import SettingsOptions
+from poster_ray.options import OneLineParser, SettingsOptions
 from poster_ray.pipeline import PROFILES
 from poster_ray.storage import Location
 
@@ -165,9 +165,15 @@ def pipeline_settings(args: argparse.Namespace) -> PipelineSettings:
 
 
 def existing_run(path: str) -> RunDir:
+    """A prepared run, its files checked (readable, not truncated) before Ray starts."""
+    from poster_ray.data.tables import check_readable
+
     run = RunDir(path)
     if not run.manifest.is_file():
         raise PosterRayError(f"{path}: not a prepared run (no {run.manifest.name}); run prepare")
+    check_readable(run.manifest)
+    run.load_genres()  # each raises one line when its file is damaged
+    run.load_spec()
     return run
 
 
@@ -176,7 +182,7 @@ def existing_run(path: str) -> RunDir:
 
 def build_parser() -> argparse.ArgumentParser:
     """The subcommands; each keeps the option groups it added in `args.options`."""
-    parser = argparse.ArgumentParser(prog="poster-ray", description=__doc__.split("\n")[0])
+    parser = OneLineParser(prog="poster-ray", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     prepare = commands.add_parser("prepare", help="validate, split and decode the dataset")
@@ -277,18 +283,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What an interrupted command leaves, and how it carries on: the line Ctrl-C (or
+# SIGTERM) prints.
+INTERRUPTED = {
+    "prepare": "the run is as it was before this prepare; the same command starts it again",
+    "train": "every finished epoch is checkpointed under RUN/ray/NAME; the same command "
+    "resumes after the last one",
+    "tune": "finished trials are saved under RUN/ray/NAME; the same command resumes the experiment",
+    "infer": "committed parts stay in the output folder; the same command runs only the "
+    "missing chunks",
+    "pipeline": "every finished stage is kept; the same command resumes where it stopped",
+}
+NOTHING_WRITTEN = "nothing was written; run the command again"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; a user's error or an interrupt is one line on stderr.
+
+    Exit status: 0 done, 2 a usage error (a flag, file or folder to fix), 1 a failed
+    run, 130 Ctrl-C, 143 SIGTERM."""
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except PosterRayError as error:
         print(f"poster-ray: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("poster-ray: interrupted", file=sys.stderr)
-        return 130
+        return error.exit_code
+    except KeyboardInterrupt as interrupt:
+        left = INTERRUPTED.get(args.command, NOTHING_WRITTEN)
+        print(f"poster-ray: interrupted: {left}", file=sys.stderr, flush=True)
+        shut_down_ray()
+        return interrupt_exit_code(interrupt)
     return 0
 
 
+def shut_down_ray() -> None:
+    """Shut the run's Ray down before the process exits, so that an interrupted command
+    ends its processes as it ends (the reaper is the fallback when it cannot)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def run() -> None:
+    """The `poster-ray` command: main's status as the process's exit status.
+
+    After an interrupt, with Ray already shut down, the process ends at once with its
+    status (130 or 143): the interpreter's own exit after a Ctrl-C inside a Ray Data
+    run still reported 1 (measured, cause not found), which a shell would read as a
+    failed run."""
+    status = main()
+    if status in INTERRUPT_STATUSES:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -7,10 +7,12 @@ the pipeline's profiles are instances of them, and Ray workers receive them as t
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from poster_ray.errors import RunFailure
 from poster_ray.resources import AUTO_PRECISION, PRECISIONS
 from poster_ray.storage import Location
 
@@ -32,11 +34,18 @@ SPLITS = tuple(SPLIT_FRACTIONS)
 
 
 def setting(
-    default: Any = None, help: str = "", *, choices: tuple | None = None, factory: Any = None
+    default: Any = None,
+    help: str = "",
+    *,
+    choices: tuple | None = None,
+    factory: Any = None,
+    minimum: float | None = None,
+    above: float | None = None,
 ) -> Any:
     """A settings field: its default (or `factory` for a mutable one), the help text of
-    its command-line flag `--field-name`, and the values it may take."""
-    metadata = {"help": help, "choices": choices}
+    its command-line flag `--field-name`, and the values it may take (`choices`; a number
+    at least `minimum`, or greater than `above`), checked as the flag is read."""
+    metadata = {"help": help, "choices": choices, "minimum": minimum, "above": above}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -64,7 +73,43 @@ class PreprocessSpec:
 
     @classmethod
     def load(cls, location: Location) -> PreprocessSpec:
-        return cls(**location.read_json())
+        return cls.checked(location.read_json(), location)
+
+    @classmethod
+    def checked(cls, value: Any, source: object) -> PreprocessSpec:
+        """The spec a file holds, each field checked: one line naming `source` otherwise."""
+        size = value.get("image_size") if isinstance(value, dict) else None
+        valid = (
+            isinstance(value, dict)
+            and set(value) == {"image_size", "resample"}
+            and isinstance(size, int)
+            and not isinstance(size, bool)
+            and size >= 1
+            and value["resample"] in RESAMPLING
+        )
+        if not valid:
+            raise RunFailure(
+                f"{source}: not a preprocessing spec (image_size >= 1, resample one of "
+                f"{RESAMPLING}): {json.dumps(value)[:120]}"
+            )
+        return cls(**value)
+
+
+# The resampling filters a spec may name (images.py maps each to Pillow's).
+RESAMPLING = ("bilinear", "bicubic")
+
+
+def checked_genres(value: Any, source: object) -> list[str]:
+    """A genre list read from a file: distinct, non-empty names; one line otherwise."""
+    valid = (
+        isinstance(value, list)
+        and value
+        and all(isinstance(name, str) and name for name in value)
+        and len(set(value)) == len(value)
+    )
+    if not valid:
+        raise RunFailure(f"{source}: not a list of distinct genre names: {json.dumps(value)[:120]}")
+    return value
 
 
 # Validation metrics that can pick the best epoch or trial, with their direction. None of
@@ -93,7 +138,7 @@ PRECISION_HELP = "auto: float16 on a GPU, bfloat16 on a CPU that has it natively
 
 def num_cpus_setting() -> Any:
     """The one definition of --num-cpus, for every stage that may start a local Ray."""
-    return setting(None, "CPUs for a local Ray (default: all); ignored inside a cluster")
+    return setting(None, "CPUs for a local Ray (default: all); ignored inside a cluster", minimum=1)
 
 
 @dataclass(frozen=True)
@@ -102,9 +147,11 @@ class PrepareSettings:
 
     data: str | None = setting(None, "dataset folder (train.csv + Images/); default $POSTER_DATA")
     out: str = setting("runs/latest", "run directory to write: a path or a URI")
-    image_size: int = setting(PreprocessSpec.image_size, "poster size in pixels (square)")
+    image_size: int = setting(
+        PreprocessSpec.image_size, "poster size in pixels (square)", minimum=1
+    )
     seed: int = setting(42, "seed of the sample and of the train/val/test split")
-    limit: int | None = setting(None, "use a random sample of this many posters")
+    limit: int | None = setting(None, "use a random sample of this many posters", minimum=10)
     num_cpus: int | None = num_cpus_setting()
 
 
@@ -120,39 +167,47 @@ class TrainConfig:
     """Everything that defines a training run; saved with its model."""
 
     model: str = setting("custom_cnn", "the model to train", choices=MODEL_NAMES)
-    epochs: int = setting(10, "epochs at most")
-    batch_size: int = setting(32, "global batch: split evenly across the workers")
-    learning_rate: float = setting(1e-3, "Adam's learning rate")
+    epochs: int = setting(10, "epochs at most", minimum=1)
+    batch_size: int = setting(32, "global batch: split evenly across the workers", minimum=1)
+    learning_rate: float = setting(1e-3, "Adam's learning rate", above=0)
     workers: int | None = setting(
-        None, "training workers (default: one per node with CPUs, one per GPU with --gpu)"
+        None,
+        "training workers (default: one per node with CPUs, one per GPU with --gpu)",
+        minimum=1,
     )
     gpu: bool = setting(False, "a GPU per worker")
     cpus_per_worker: float | None = setting(
-        None, "CPUs each worker reserves (default: an equal share of each node's CPUs)"
+        None,
+        "CPUs each worker reserves (default: an equal share of each node's CPUs)",
+        above=0,
     )
     precision: str = setting(AUTO_PRECISION, PRECISION_HELP, choices=PRECISIONS)
     early_stopping: int = setting(
-        3, "patience in epochs on --monitor, keeping the best epoch; 0 turns it off"
+        3, "patience in epochs on --monitor, keeping the best epoch; 0 turns it off", minimum=0
     )
     monitor: str = setting("val_loss", "picks the best epoch", choices=tuple(MONITORS))
     loss: str = setting("bce", "the multi-label loss (models.losses)", choices=LOSSES)
     hparams: dict = setting(help="model hyperparameters as a JSON object", factory=dict)
     weights: str = setting("imagenet", "pretrained models: imagenet, none or a weights file")
     input_size: int | None = setting(
-        None, "pretrained models: poster size (default: the backbone's native resolution)"
+        None,
+        "pretrained models: poster size (default: the backbone's native resolution)",
+        minimum=1,
     )
     fine_tune_blocks: int = setting(
-        0, "pretrained models: top backbone blocks to unfreeze after the head; 0: frozen"
+        0,
+        "pretrained models: top backbone blocks to unfreeze after the head; 0: frozen",
+        minimum=0,
     )
-    fine_tune_epochs: int = setting(3, "epochs of fine-tuning, at most")
-    fine_tune_learning_rate: float = setting(1e-4, "learning rate of fine-tuning")
+    fine_tune_epochs: int = setting(3, "epochs of fine-tuning, at most", minimum=1)
+    fine_tune_learning_rate: float = setting(1e-4, "learning rate of fine-tuning", above=0)
     threshold_policy: str = setting(
         AUTO_THRESHOLD_POLICY,
         "the bundle's thresholds: one per genre, one global, per genre shrunk toward the "
         "global one, or auto: whichever cross-validates best on the validation posters",
         choices=THRESHOLD_POLICIES,
     )
-    max_failures: int = setting(2, "restarts of the workers after a failure")
+    max_failures: int = setting(2, "restarts of the workers after a failure", minimum=0)
     in_memory: bool | None = setting(
         None,
         "workers copy their shard into memory, or stream it from Ray's object store each "
@@ -164,19 +219,21 @@ class TrainConfig:
 class TuneSettings:
     """What a tuning experiment searches, and how it spends its time."""
 
-    trials: int = setting(10, "trials to run")
-    max_epochs: int = setting(10, "epochs per trial, at most")
+    trials: int = setting(10, "trials to run", minimum=1)
+    max_epochs: int = setting(10, "epochs per trial, at most", minimum=1)
     searcher: str = setting(
         "tpe",
         "tpe: Optuna's TPE; gp: Gaussian process (needs the bayesopt extra)",
         choices=SEARCHERS,
     )
     objective: str = setting("val_pr_auc", "what the search maximises", choices=tuple(MONITORS))
-    time_budget: float | None = setting(None, "seconds; then the best trial so far wins")
-    concurrency: int = setting(1, "trials at once")
-    workers_per_trial: int = setting(1, "Ray Train workers per trial")
-    grace_period: int = setting(1, "epochs every trial trains before ASHA may stop it")
-    reduction_factor: int = setting(2, "ASHA keeps the best 1/reduction_factor at each rung")
+    time_budget: float | None = setting(None, "seconds; then the best trial so far wins", above=0)
+    concurrency: int = setting(1, "trials at once", minimum=1)
+    workers_per_trial: int = setting(1, "Ray Train workers per trial", minimum=1)
+    grace_period: int = setting(1, "epochs every trial trains before ASHA may stop it", minimum=1)
+    reduction_factor: int = setting(
+        2, "ASHA keeps the best 1/reduction_factor at each rung", minimum=2
+    )
     searcher_seed: int = setting(0, "seed of the searcher's proposals")
     start_points: list[dict] = setting(
         help="points tried first, as a JSON list of objects (default: the untuned model)",
@@ -188,12 +245,14 @@ class TuneSettings:
 class InferSettings:
     """How bulk inference runs: model actors, their hardware, batches and output."""
 
-    workers: int | None = setting(None, "model actors (default: 1, growing to one per node or GPU)")
+    workers: int | None = setting(
+        None, "model actors (default: 1, growing to one per node or GPU)", minimum=1
+    )
     gpu: bool = setting(False, "one GPU per model actor")
-    batch_size: int = setting(64, "posters per model call")
+    batch_size: int = setting(64, "posters per model call", minimum=1)
     precision: str = setting(AUTO_PRECISION, PRECISION_HELP, choices=PRECISIONS)
     cpus_per_worker: float | None = setting(
-        None, "CPUs each model actor reserves (default: planned from the nodes)"
+        None, "CPUs each model actor reserves (default: planned from the nodes)", above=0
     )
     all_probabilities: bool = setting(False, "also write every genre's probability")
     num_cpus: int | None = num_cpus_setting()

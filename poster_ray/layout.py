@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from poster_ray.config import PreprocessSpec
+from poster_ray.config import PreprocessSpec, checked_genres
 from poster_ray.storage import Location
 
 # The model and its per-epoch history, named alike in a model directory, in every Ray
@@ -140,6 +140,16 @@ class RunDir:
         return self.root / "dropped.csv"
 
     @property
+    def staging(self) -> Location:
+        """Where prepare builds a new version of the run, swapped in once complete."""
+        return self.root / ".prepare.new"
+
+    @property
+    def replaced(self) -> Location:
+        """Where prepare moves the old version while it swaps the new one in."""
+        return self.root / ".prepare.old"
+
+    @property
     def ray_storage(self) -> Location:
         """Ray Train and Tune runs (checkpoints, results), on the run's own storage."""
         return self.root / "ray"
@@ -195,7 +205,7 @@ class RunDir:
         return self.root / "predictions"
 
     def load_genres(self) -> list[str]:
-        return self.genres.read_json()
+        return checked_genres(self.genres.read_json(), self.genres)
 
     def load_spec(self) -> PreprocessSpec:
         return PreprocessSpec.load(self.preprocess)

@@ -82,7 +82,7 @@ class SettingsOptions:
                 dest=f"{settings.__name__}.{field.name}",
                 default=argparse.SUPPRESS,
                 help=help_text(field, show_defaults),
-                **conversion(hints[field.name], field.metadata.get("choices"), field.name),
+                **conversion(hints[field.name], field.metadata, field.name),
             )
         return cls(settings, tuple(field.name for field in fields))
 
@@ -97,17 +97,48 @@ class SettingsOptions:
         return dataclasses.replace(base or self.settings(), **self.given(args))
 
 
-def conversion(annotation: Any, choices: tuple | None, name: str) -> dict[str, Any]:
+def conversion(annotation: Any, metadata: Any, name: str) -> dict[str, Any]:
     """argparse's `type`/`action`, and `choices` or a metavar, for field `name` of type
-    `annotation`."""
+    `annotation` (its range, if the field has one, checked as the flag is read)."""
     kind = value_type(annotation)
     if kind is bool:
         return {"action": argparse.BooleanOptionalAction}
     if kind in (dict, list):
         return {"type": json_of(kind), "metavar": "JSON"}
-    if choices:
-        return {"type": kind, "choices": choices}
+    if metadata.get("choices"):
+        return {"type": kind, "choices": metadata["choices"]}
+    minimum, above = metadata.get("minimum"), metadata.get("above")
+    if minimum is not None or above is not None:
+        return {"type": number_in_range(kind, minimum, above), "metavar": name.upper()}
     return {"type": kind, "metavar": name.upper()}
+
+
+NUMBER_NAMES = {int: "an integer", float: "a number"}
+
+
+def number_in_range(kind: type, minimum: float | None, above: float | None):
+    """A flag's converter to a `kind` number at least `minimum` (or greater than `above`)."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {NUMBER_NAMES[kind]}: {text!r}") from None
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {text}")
+        if above is not None and not value > above:
+            raise argparse.ArgumentTypeError(f"must be greater than {above:g}, got {text}")
+        return value
+
+    return convert
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (the flag and the problem),
+    exit status 2; `--help` still shows the usage."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def help_text(field: dataclasses.Field, show_defaults: bool) -> str:

@@ -12,12 +12,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-from contextlib import AbstractContextManager
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import ray
 
 from poster_ray.data.context import data_context
+from poster_ray.errors import RunFailure, Terminated
 from poster_ray.quiet_tensorflow import TENSORFLOW_ENV, install_filtered_tensorflow_import
 
 # What the driver and every Ray worker need in their environment. The driver keeps a
@@ -48,6 +55,14 @@ WORKER_ONLY_ENV = {"PYTHONWARNINGS": "ignore::DeprecationWarning"}
 PROGRESS_BARS_ENV_VAR = "RAY_DATA_DISABLE_PROGRESS_BARS"
 # Run in every worker process before anything else.
 WORKER_SETUP_HOOK = "poster_ray.runtime.set_up_worker_process"
+# Ray's switch for single-machine Ray (its default on macOS and Windows): the node's
+# address is the loopback one, so the GCS, raylet, workers and agents listen on
+# 127.0.0.1 only. Set for a local Ray alone; a cluster keeps its configured address.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+T = TypeVar("T")
+# The reaper started beside a local Ray, kept for the life of the process: its stdin
+# pipe is the driver's heartbeat.
+_REAPERS: list[subprocess.Popen] = []
 
 
 def init_ray(
@@ -69,14 +84,109 @@ def init_ray(
     # Ray Data read RAY_DATA_LOG_LEVEL when it was imported, maybe before this ran.
     logging.getLogger("ray.data").setLevel(os.environ["RAY_DATA_LOG_LEVEL"])
     hide_progress_bars_off_notice()
-    ray.init(
-        num_cpus=num_cpus,
-        include_dashboard=dashboard,
-        runtime_env=worker_runtime_env(progress_bars),
-        log_to_driver=True,
-        logging_config=ray.LoggingConfig(encoding="TEXT", log_level="WARNING"),
-    )
+    local = starts_local_ray()
+    if local:
+        start_reaper()  # before ray.init: a start-up that fails leaves nothing either
+    try:
+        with loopback_only(local):
+            ray.init(
+                num_cpus=num_cpus,
+                include_dashboard=dashboard,
+                runtime_env=worker_runtime_env(progress_bars),
+                log_to_driver=True,
+                logging_config=ray.LoggingConfig(encoding="TEXT", log_level="WARNING"),
+            )
+    except Exception as error:  # Ray raises a bare Exception when its node times out
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise RunFailure(f"Ray did not start: {reason} The same command retries.") from None
+    stop_on_sigterm()
     ray.data.DataContext.get_current().enable_progress_bars = progress_bars
+
+
+def starts_local_ray() -> bool:
+    """Whether `ray.init` here starts a Ray of its own: no cluster address, not a job."""
+    return "RAY_ADDRESS" not in os.environ and submitted_job_runtime_env() is None
+
+
+@contextmanager
+def loopback_only(local: bool) -> Iterator[None]:
+    """While a local Ray starts (`local`), its node address is 127.0.0.1 (LOOPBACK_ENV),
+    for the driver and every process Ray starts; restored afterwards, so a later
+    `ray start` or a connection to a real cluster from this process is unaffected.
+
+    Ray reads the switch when it is imported, maybe before this ran, so its constant is
+    set too (ray/_private/ray_constants.py, read by `services.get_node_ip_address` only):
+    Ray has no public setting for it, and `ray.init` rewrites
+    `_node_ip_address="127.0.0.1"` to the machine's outward address."""
+    if not local:
+        yield
+        return
+    from ray._private import ray_constants
+
+    saved_env = {key: os.environ.get(key) for key in LOOPBACK_ENV}
+    saved_switch = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.update(LOOPBACK_ENV)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_switch
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def start_reaper() -> None:
+    """Start `poster_ray.reaper` to end this driver's processes when it ends (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return
+    # The pipe's far end is this process's alone (not inherited): it closes when we end.
+    reaper = subprocess.Popen(
+        [sys.executable, "-m", "poster_ray.reaper", str(os.getpid())],
+        stdin=subprocess.PIPE,
+        start_new_session=True,  # not in the terminal's group: Ctrl-C leaves it to clean up
+    )
+    _REAPERS.append(reaper)
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM stops the driver as Ctrl-C does (`errors.Terminated`), with one line.
+
+    Ray's core worker installs a failure-signal handler for SIGTERM when `ray.init`
+    connects (it aborted the driver with a C++ stack dump, exit 134); setting Python's
+    own handler after `ray.init` replaces it. Only the main thread may set handlers."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, raise_terminated)
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def interruptible(call: Callable[[], T]) -> T:
+    """`call()` in a helper thread, so that Ctrl-C (or SIGTERM) stops the driver at once.
+
+    On the main thread, Ray Train's fit installs its own SIGINT handler, which aborts the
+    run and then calls sys.exit(0) (exit status 1, no message); off it, Ray Train leaves
+    the handler alone, as it does inside Tune. The driver then stops with the checkpoint
+    of every finished epoch saved, and ending the driver ends the run's processes."""
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = call()
+        except BaseException as error:  # handed to the main thread as it is
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def worker_env(progress_bars: bool = True) -> dict[str, str]:

@@ -26,11 +26,13 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from poster_ray.errors import PosterRayError
+from poster_ray.errors import PosterRayError, RunFailure
 
 # Relative paths in a job submitted with `ray job submit` resolve against this base (a
 # URI or a path on shared storage): the job's working directory is a temporary copy.
 STORAGE_ENV_VAR = "POSTER_RAY_STORAGE"
+# What to do with a damaged file of a run: the stage that wrote it writes it again.
+REWRITE_HINT = "rerun the stage that wrote it (prepare, train, tune) to write it again"
 
 
 def is_uri(path: str) -> bool:
@@ -176,7 +178,11 @@ class Location:
         return self.read_bytes().decode("utf-8")
 
     def read_json(self) -> Any:
-        return json.loads(self.read_text())
+        """The file's JSON value; a damaged file is one line naming it (RunFailure)."""
+        try:
+            return json.loads(self.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise RunFailure(f"{self}: damaged, not valid JSON ({error}); {REWRITE_HINT}") from None
 
     # ------------------------------------------------------------ writing
 
@@ -217,6 +223,29 @@ class Location:
             self.fs.delete_dir(self.path)
         elif info.type == pafs.FileType.File:
             self.fs.delete_file(self.path)
+
+    def move_to(self, target: Location) -> None:
+        """Rename this file or folder to `target` (same filesystem): atomic on a local or
+        shared filesystem, a copy and delete on an object store."""
+        target.parent.mkdir()
+        self.fs.move(self.path, target.path)
+
+    def check_writable_folder(self, flag: str) -> None:
+        """A folder this process can create or write into, checked before any work starts:
+        one line naming `flag` otherwise. A URI is checked by its first write."""
+        if not self.is_local:
+            return
+        path = self.local_path
+        if path.exists() and not path.is_dir():
+            raise PosterRayError(f"{flag} {self}: a file is there, not a folder")
+        existing = next(parent for parent in (path, *path.parents) if parent.exists())
+        if not existing.is_dir():
+            raise PosterRayError(f"{flag} {self}: {existing} is a file, not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PosterRayError(
+                f"{flag} {self}: {existing} is not writable (read-only or not yours); "
+                "choose another folder"
+            )
 
     # ------------------------------------------------------------ local copies
 

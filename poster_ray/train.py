@@ -18,14 +18,14 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
 from poster_ray import export, models, resources
-from poster_ray.bundle import INFO_FILE
+from poster_ray.bundle import FORMAT_VERSION, INFO_FILE, bundle_info
 from poster_ray.config import MONITORS, TrainConfig
 from poster_ray.data.cache import load_split, train_labels
 from poster_ray.errors import PosterRayError
 from poster_ray.features import FeatureCache, ensure_features
 from poster_ray.layout import ModelDir, RunDir
 from poster_ray.models.losses import positive_weights
-from poster_ray.runtime import without_progress_bars
+from poster_ray.runtime import interruptible, without_progress_bars
 from poster_ray.storage import Location
 from poster_ray.tf_import import keras
 from poster_ray.train_worker import (
@@ -99,8 +99,14 @@ def is_trained(run: RunDir, name: str, config: TrainConfig, ignoring: tuple[str,
     """Whether model `name` of `run` was exported from `config` (its last export, after
     fine-tuning where `config` fine-tunes), but for the settings it is `ignoring`."""
     model_dir = run.model(name)
-    # The bundle is the export's last file: without it the export did not finish.
+    # The bundle is the export's last file: without it the export did not finish. One
+    # of an older format (or damaged) is exported again.
     if not (model_dir.train_config.is_file() and (model_dir.bundle / INFO_FILE).is_file()):
+        return False
+    try:
+        if bundle_info(model_dir.bundle).get("format_version") != FORMAT_VERSION:
+            return False
+    except PosterRayError:
         return False
     if models.is_transfer(config.model) and config.fine_tune_blocks:
         config = fine_tune_config(config)
@@ -127,7 +133,7 @@ def fit(
     ray_run = ray_run or name
     trainer = make_trainer(data, config, ray_run, run.ray_storage, head_weights=head_weights)
     try:
-        result = trainer.fit()
+        result = interruptible(trainer.fit)
     except ray.train.TrainingFailedError as error:
         last_line = str(error).strip().splitlines()[-1]
         raise PosterRayError(

@@ -119,6 +119,12 @@ def train_loop_per_worker(train_loop_config: dict) -> None:
 
     context = ray.train.get_context()
     rank = context.get_world_rank()
+    if history and rank == 0 and len(history) < config.epochs:
+        print(
+            f"resuming after epoch {len(history)}/{config.epochs} (its checkpoint): "
+            f"epoch {len(history) + 1} next",
+            flush=True,
+        )
 
     read: dict[str, int] = {}  # rows and bytes of its training share a worker copied in
 
@@ -319,13 +325,6 @@ class EpochReport(keras.callbacks.Callback):
             workers_on_node=ray.train.get_context().get_local_world_size(),
         )
         self.history.append(metrics)
-        if self.rank == 0:
-            print(
-                f"epoch {metrics['epoch']}/{self.epochs}: loss {metrics['loss']:.4f}, "
-                f"val_loss {metrics['val_loss']:.4f}, val_pr_auc {metrics['val_pr_auc']:.3f}, "
-                f"{metrics['train_images_per_s']:.1f} img/s ({self.precision})",
-                flush=True,
-            )
         with tempfile.TemporaryDirectory() as directory:
             # Explicitly Keras v3 (zip): tf-keras decides per thread, and in a Ray Train
             # worker thread every save after the first silently wrote HDF5 instead.
@@ -335,6 +334,15 @@ class EpochReport(keras.callbacks.Callback):
             # Each worker's own reads reach Ray's callbacks; the history is rank 0's.
             reported = {**metrics, **self.read, **placement_group_of_this_worker()}
             ray.train.report(reported, checkpoint=checkpoint)
+        # Printed once the epoch's checkpoint is saved: an interrupt after this line
+        # never redoes the epoch it reports.
+        if self.rank == 0:
+            print(
+                f"epoch {metrics['epoch']}/{self.epochs}: loss {metrics['loss']:.4f}, "
+                f"val_loss {metrics['val_loss']:.4f}, val_pr_auc {metrics['val_pr_auc']:.3f}, "
+                f"{metrics['train_images_per_s']:.1f} img/s ({self.precision})",
+                flush=True,
+            )
 
 
 def micro_f1(precision: float, recall: float) -> float:

@@ -26,7 +26,7 @@ from poster_ray.storage import Location
 
 # Rows per decode task: large enough to amortise Ray's per-task cost (32 ran at half the
 # speed of 128 on 2 cores), small enough to keep every core busy to the end.
-_ROWS_PER_BLOCK = 128
+DECODE_BLOCK_ROWS = 128
 # Written last into a decoded cache: its presence means the cache is complete.
 DECODED_MARKER = "_decoded.json"
 
@@ -44,7 +44,7 @@ def decode_dataset(
     Each task adds what it decoded to `counter` (a progress.RowCounter) when given.
     """
     items = records.to_dict("records")
-    num_blocks = max(1, -(-len(items) // _ROWS_PER_BLOCK))
+    num_blocks = max(1, -(-len(items) // DECODE_BLOCK_ROWS))
     return ray.data.from_items(items, override_num_blocks=num_blocks).map_batches(
         _decode_batch, fn_kwargs={"spec": spec, "counter": counter}, batch_size=None
     )

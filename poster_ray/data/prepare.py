@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import shutil
 import time
 from dataclasses import asdict
 
@@ -16,13 +18,14 @@ import pandas as pd
 import ray
 
 from poster_ray.config import ID_COLUMN, SPLITS, PreprocessSpec
-from poster_ray.data.cache import DECODED_MARKER, decode_to_cache
+from poster_ray.data.cache import DECODE_BLOCK_ROWS, DECODED_MARKER, decode_to_cache
 from poster_ray.data.labels import attach_image_paths, clean_labels, read_checked_csv
 from poster_ray.data.split import split_rows
 from poster_ray.data.tables import read_table, write_table
-from poster_ray.errors import PosterRayError
+from poster_ray.errors import PosterRayError, RunFailure
 from poster_ray.layout import RunDir
-from poster_ray.runtime import init_ray
+from poster_ray.resources import available_memory
+from poster_ray.runtime import init_ray, ray_logs_dir
 from poster_ray.storage import Location
 
 
@@ -36,15 +39,19 @@ def prepare(
 ) -> dict:
     """Validate, clean, split and decode the dataset into `run`; return the summary.
 
-    `seed` draws the split (and the `limit` sample). Ray starts (or is joined) only
-    once the labels are valid, so bad input fails fast.
+    `seed` draws the split (and the `limit` sample). Everything that can be checked is
+    checked before Ray starts or the run is touched. The new run is built beside the old
+    one (`RunDir.staging`) and swapped in only once complete, so a failure or an
+    interrupt leaves an existing run as it was.
     """
     if spec.image_size < 1:
         raise PosterRayError(f"--image-size must be at least 1, got {spec.image_size}")
+    run.root.check_writable_folder("--out")
     started = time.perf_counter()
     data_dir = Location.of(data_dir)
     frame, genres = read_checked_csv(data_dir / "train.csv")
     records, dropped_rows = _split_usable_posters(frame, genres, data_dir / "Images", seed, limit)
+    check_cache_fits(len(records), spec, run)
     fingerprint = prepared_fingerprint(records, genres, spec)
     if is_prepared(run, fingerprint, spec):
         print(f"reusing {run.root}: prepared before from the same posters and settings")
@@ -52,23 +59,105 @@ def prepare(
 
     init_ray(num_cpus)
     warn_if_local_on_a_cluster(run.root)
-    run.root.mkdir()
-    remove_derived_outputs(run, fingerprint)
-    decode_to_cache(records, run, spec)
-    bad_files = _unreadable_posters(run, spec)
-    manifest = records[~records["id"].isin(bad_files["id"])].reset_index(drop=True)
-
-    write_table(manifest, run.manifest)
-    run.genres.write_json(genres)
-    spec.save(run.preprocess)
-    dropped = pd.concat([dropped_rows, bad_files], ignore_index=True)
-    run.dropped.write_text(dropped.to_csv(index=False))
-
-    summary = summarize_prepare(frame, manifest, dropped, genres, spec, data_dir, seed)
-    summary["seconds"] = round(time.perf_counter() - started, 1)
-    summary["fingerprint"] = fingerprint
-    run.summary.write_json(summary)  # written last: a run with its summary is complete
+    staging = RunDir(run.staging)
+    staging.root.remove()  # what an earlier prepare left half-built
+    try:
+        manifest, dropped = build_prepared_run(staging, records, dropped_rows, genres, spec)
+        summary = summarize_prepare(frame, manifest, dropped, genres, spec, data_dir, seed)
+        summary["seconds"] = round(time.perf_counter() - started, 1)
+        summary["fingerprint"] = fingerprint
+        staging.summary.write_json(summary)
+    except BaseException as error:
+        staging.root.remove()
+        if isinstance(error, (KeyboardInterrupt, PosterRayError)):
+            raise
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise RunFailure(
+            f"prepare failed ({reason}); {run.root} is as it was before; logs: {ray_logs_dir()}"
+        ) from None
+    swap_in(staging, run, fingerprint)
     return summary
+
+
+def build_prepared_run(
+    staging: RunDir,
+    records: pd.DataFrame,
+    dropped_rows: pd.DataFrame,
+    genres: list[str],
+    spec: PreprocessSpec,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Decode and write a complete run into `staging`: (the manifest, the dropped rows)."""
+    decode_to_cache(records, staging, spec)
+    bad_files = _unreadable_posters(staging, spec)
+    manifest = records[~records["id"].isin(bad_files["id"])].reset_index(drop=True)
+    write_table(manifest, staging.manifest)
+    staging.genres.write_json(genres)
+    spec.save(staging.preprocess)
+    dropped = pd.concat([dropped_rows, bad_files], ignore_index=True)
+    staging.dropped.write_text(dropped.to_csv(index=False))
+    return manifest, dropped
+
+
+def swap_in(staging: RunDir, run: RunDir, fingerprint: str) -> None:
+    """Replace what `run` holds with the complete `staging` run.
+
+    The old files, with what the new prepare makes stale (`stale_outputs`), are moved
+    aside first (the summary first of all: a run without it is not prepared, so a crash
+    here means a redo, never a mixed run), the new ones moved in (the summary last),
+    and only then is the old deleted."""
+    old = RunDir(run.replaced)
+    old.root.remove()
+    for location in [run.summary, *prepared_files(run), *stale_outputs(run, fingerprint)]:
+        if location.exists():
+            location.move_to(old.root / location.name)
+    for location in [*prepared_files(staging), staging.summary]:
+        location.move_to(run.root / location.name)
+    staging.root.remove()
+    old.root.remove()
+
+
+def prepared_files(run: RunDir) -> list[Location]:
+    """What prepare writes, but its summary: the manifest, the lists and the caches."""
+    return [run.manifest, run.genres, run.preprocess, run.dropped, run.caches]
+
+
+def stale_outputs(run: RunDir, fingerprint: str) -> list[Location]:
+    """What a new prepare makes stale: the features always (made from the caches being
+    replaced); and where the posters, labels, split or size changed, the models, Ray
+    runs and predictions too, which no later stage may reuse."""
+    stale = [run.feature_caches]
+    recorded = run.summary.read_json().get("fingerprint") if run.summary.is_file() else None
+    if recorded != fingerprint:
+        derived = [run.models, run.ray_storage, run.predictions, run.comparison]
+        if any(location.exists() for location in derived):
+            print(f"{run.root}: the posters or settings changed: models and predictions are redone")
+        stale += derived
+    return stale
+
+
+def check_cache_fits(posters: int, spec: PreprocessSpec, run: RunDir) -> None:
+    """Refuse an image size whose decoding cannot fit, before anything starts: a decode
+    block must fit in a quarter of this node's available memory, and (for a local run)
+    the whole cache on its disk."""
+    per_poster = spec.image_size**2 * 3
+    memory = available_memory() // 4
+    block = per_poster * min(DECODE_BLOCK_ROWS, posters)
+    needs = {"a decode block in memory": (block, memory)}
+    if run.root.is_local:
+        here = run.root.local_path
+        existing = next(path for path in (here, *here.parents) if path.exists())
+        needs["the cache on disk"] = (per_poster * posters, shutil.disk_usage(existing).free)
+    for what, (size, room) in needs.items():
+        if size > room:
+            largest = math.isqrt(room // (size // per_poster) // 3)
+            raise PosterRayError(
+                f"--image-size {spec.image_size}: {what} needs {gigabytes(size)} and "
+                f"{gigabytes(room)} is free: choose a size of at most {largest} px"
+            )
+
+
+def gigabytes(size: int) -> str:
+    return f"{size / 1e9:,.1f} GB"
 
 
 def prepared_fingerprint(records: pd.DataFrame, genres: list[str], spec: PreprocessSpec) -> str:
@@ -81,20 +170,6 @@ def prepared_fingerprint(records: pd.DataFrame, genres: list[str], spec: Preproc
     digest.update(records[["id", "path", "split"]].to_csv(index=False).encode())
     digest.update(np.stack(records["labels"].to_numpy()).tobytes() if len(records) else b"")
     return digest.hexdigest()
-
-
-def remove_derived_outputs(run: RunDir, fingerprint: str) -> None:
-    """What a new prepare makes stale: the decoded caches and features always (made from
-    the manifest being replaced); and where the posters, labels, split or size changed,
-    the models, Ray runs and predictions too, which no later stage may reuse."""
-    stale = [run.caches, run.feature_caches]
-    recorded = run.summary.read_json().get("fingerprint") if run.summary.is_file() else None
-    if recorded != fingerprint:
-        stale += [run.models, run.ray_storage, run.predictions, run.comparison]
-        if any(location.exists() for location in stale[2:]):
-            print(f"{run.root}: the posters or settings changed: models and predictions are redone")
-    for location in stale:
-        location.remove()
 
 
 def is_prepared(run: RunDir, fingerprint: str, spec: PreprocessSpec) -> bool:
@@ -111,6 +186,11 @@ def _split_usable_posters(
     """(posters with id, path, split and labels; the rows dropped on the way and why)."""
     kept, dropped_rows = clean_labels(frame, genres)
     records, missing = attach_image_paths(kept, images_dir)
+    if len(kept) and not len(records):
+        raise PosterRayError(
+            f"{images_dir}: none of the {len(kept)} posters of the CSV is there "
+            "(expected <Id>.jpg files)"
+        )
     if limit is not None and limit < len(records):
         records = records.sample(n=limit, random_state=seed).reset_index(drop=True)
     labels = records[genres].to_numpy(dtype=np.uint8)

@@ -10,7 +10,7 @@ from typing import TextIO
 import numpy as np
 import pandas as pd
 
-from poster_ray.bundle import HASHED_FILES, PREPROCESS_FILE, bundle_info, content_hash
+from poster_ray.bundle import PREPROCESS_FILE, verified_info
 from poster_ray.config import InferSettings, PreprocessSpec
 from poster_ray.errors import PosterRayError
 from poster_ray.infer.inputs import chunk_bounds, resolve_inputs
@@ -63,8 +63,11 @@ def run_inference(
     if precision not in PRECISIONS:
         raise PosterRayError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
     bundle_location, folder = Location.of(bundle), OutputFolder(output)
+    Location.of(output).check_writable_folder("--output")
     paths = resolve_inputs(source)
-    info = verified_bundle_info(bundle_location)
+    # Checked once here, without TensorFlow, before any worker starts: a bad or unsafe
+    # bundle is one line, not a traceback per model actor.
+    info = verified_info(bundle_location)
     folder.claim(
         job_record(
             source, paths, bundle_location.uri, info["content_hash"], chunk_size, all_probabilities
@@ -121,23 +124,6 @@ def chunk_records(paths: list[str], todo: list[tuple[int, int, int]]) -> pd.Data
             "chunk": [chunk for chunk, start, stop in todo for _ in range(start, stop)],
         }
     )
-
-
-def verified_bundle_info(bundle: Location) -> dict:
-    """bundle.json, once the bundle's files are checked against its content hash.
-
-    Each actor checks again when it loads the model; checking here, without TensorFlow,
-    turns a bad bundle into one clear line before any worker starts.
-    """
-    info = bundle_info(bundle)
-    missing = [name for name in HASHED_FILES if not (bundle / name).is_file()]
-    if missing:
-        raise PosterRayError(f"{bundle}: incomplete model bundle: {missing[0]} is missing")
-    if content_hash(bundle) != info.get("content_hash"):
-        raise PosterRayError(
-            f"{bundle}: the bundle was modified after it was written (content hash mismatch)"
-        )
-    return info
 
 
 def summarize(folder: OutputFolder, num_chunks: int, processed: int, wall_s: float) -> dict:

@@ -93,10 +93,9 @@ def tune_model(
     # it has had its say: the best trial so far wins.
     finished = grid.num_terminated + grid.num_errors
     if finished < len(grid) or finished < settings.trials and not settings.time_budget:
-        raise PosterRayError(
-            f"tuning {name!r} stopped with {finished} of {settings.trials} trials done; "
-            f"rerun the same command to continue"
-        )
+        # Tune's own SIGINT handler ended the experiment gracefully (its state is saved):
+        # an interrupt all the same, reported as every stage reports one.
+        raise KeyboardInterrupt
     return export_best(run, name, base, settings, trial_rows(grid, space, settings))
 
 

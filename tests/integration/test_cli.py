@@ -119,6 +119,8 @@ def a_value_for(field: dataclasses.Field, annotation) -> tuple[list[str], object
         value = next(choice for choice in choices if choice != field.default)
         return [flag, str(value)], value
     value = {int: 7, float: 0.5, str: "somewhere"}[kind]
+    if field.metadata.get("minimum") is not None:  # within the field's range
+        value = max(value, kind(field.metadata["minimum"]) + 1)
     return [flag, str(value)], value
 
 
@@ -162,7 +164,10 @@ def test_hparams_that_are_not_a_json_object_are_an_argparse_error(capsys):
 def test_a_training_flag_reaches_train_as_its_typed_config(tmp_path, monkeypatch):
     from poster_ray import runtime, train
 
-    (tmp_path / "manifest.parquet").write_text("")  # enough for `existing_run`
+    # Enough for `existing_run`, which reads the manifest's footer, genres and spec.
+    pd.DataFrame({"id": ["tt1"]}).to_parquet(tmp_path / "manifest.parquet")
+    (tmp_path / "genres.json").write_text('["Action"]')
+    (tmp_path / "preprocess.json").write_text('{"image_size": 16, "resample": "bilinear"}')
     received = {}
     monkeypatch.setattr(runtime, "init_ray", lambda num_cpus: received.update(num_cpus=num_cpus))
     monkeypatch.setattr(

@@ -16,10 +16,11 @@ from poster_ray.bundle import (
     bundle_info,
     content_hash,
     load_bundle,
+    verified_info,
     write_bundle,
 )
 from poster_ray.config import PreprocessSpec
-from poster_ray.errors import PosterRayError
+from poster_ray.errors import PosterRayError, RunFailure
 
 SIZE = 32
 SPEC = PreprocessSpec(SIZE)
@@ -107,9 +108,7 @@ def test_edited_thresholds_are_detected(model_file, tmp_path):
 def test_threshold_count_is_checked_when_loading(model_file, tmp_path):
     path = write(tmp_path / "bundle", model_file)
     (path / THRESHOLDS_FILE).write_text(json.dumps([0.5, 0.5]))
-    info = bundle_info(path)  # rehash, as if the bundle had been written this way
-    info["content_hash"] = content_hash(path)
-    (path / INFO_FILE).write_text(json.dumps(info))
+    rehash(path)  # as if the bundle had been written this way
     with pytest.raises(PosterRayError, match="2 thresholds but genres.json lists 3"):
         load_bundle(path)
 
@@ -151,3 +150,62 @@ def test_bundle_info_does_not_import_tensorflow(model_file, tmp_path):
         "assert 'tensorflow' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", script], check=True)
+
+
+def rehash(path) -> None:
+    """Record the bundle's present content hash, as a careful forger would."""
+    info = bundle_info(path)
+    info["content_hash"] = content_hash(path)
+    (path / INFO_FILE).write_text(json.dumps(info))
+
+
+def test_an_edited_description_is_detected(model_file, tmp_path):
+    path = write(tmp_path / "bundle", model_file)
+    info = bundle_info(path)
+    (path / INFO_FILE).write_text(json.dumps({**info, "num_genres": 4}))
+    with pytest.raises(RunFailure, match="modified after it was written"):
+        verified_info(path)
+
+
+def test_an_edited_description_with_a_recomputed_hash_is_checked_field_by_field(
+    model_file, tmp_path
+):
+    path = write(tmp_path / "bundle", model_file)
+    (path / INFO_FILE).write_text(json.dumps({**bundle_info(path), "num_genres": 4}))
+    rehash(path)
+    with pytest.raises(RunFailure, match="num_genres is 4, the bundle's files say 3"):
+        verified_info(path)
+
+
+def test_a_corrupt_model_archive_is_one_line_naming_the_file(model_file, tmp_path):
+    path = write(tmp_path / "bundle", model_file)
+    (path / "model.keras").write_bytes(b"PK\x03\x04" + b"\0" * 200)  # a zip in name only
+    rehash(path)
+    with pytest.raises(RunFailure, match=r"model.keras: damaged, not a Keras model archive"):
+        load_bundle(path)
+
+
+def test_a_bundle_of_the_old_format_asks_to_export_again(model_file, tmp_path):
+    path = write(tmp_path / "bundle", model_file)
+    (path / INFO_FILE).write_text(json.dumps({**bundle_info(path), "format_version": 1}))
+    with pytest.raises(RunFailure, match="format 1.*rerun the `poster-ray train`"):
+        verified_info(path)
+
+
+def test_python_code_is_refused_without_tensorflow(tmp_path):
+    """verified_info (what `infer` runs on its driver) reads the archive's config only."""
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Lambda(lambda t: t / 255.0)(inputs)
+    outputs = keras.layers.Dense(len(GENRES))(keras.layers.GlobalAveragePooling2D()(x))
+    keras.Model(inputs, outputs).save(tmp_path / "lambda.keras")
+    path = write(tmp_path / "bundle", tmp_path / "lambda.keras")
+    script = (
+        "import sys\nfrom poster_ray.bundle import verified_info\n"
+        f"try:\n    verified_info({str(path)!r})\nexcept Exception as error:\n    print(error)\n"
+        "print('tensorflow' in sys.modules)\n"
+    )
+    printed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert "refusing to load this model: a Lambda layer" in printed[0]
+    assert printed[1] == "False"

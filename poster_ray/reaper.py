@@ -1,0 +1,96 @@
+"""The local Ray's reaper: when the driver dies, however it dies, its processes die too.
+
+Ray ties its GCS and raylet to the driver that started them (the kernel kills them
+when it exits, PR_SET_PDEATHSIG), but not the raylet's agents: after `kill -9` of a
+driver, Ray's DashboardAgent and RuntimeEnvAgent lived on, listening. Ray's own reaper
+is not started where the kernel's fate sharing exists, and it would kill the driver's
+whole process group (the user's shell job). So `init_ray` starts this small process
+beside a local Ray: it notes the driver's descendants every half second and, when the
+driver's end of its stdin pipe closes (the driver exited or was killed), ends every
+process it noted that still runs: SIGTERM, then SIGKILL after a grace period.
+
+Linux only (it reads /proc); elsewhere `init_ray` does not start it. A process is
+matched by its pid and its start time, so a pid the system reused is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import sys
+import time
+from pathlib import Path
+
+POLL_SECONDS = 0.5
+GRACE_SECONDS = 3.0
+PROC = Path("/proc")
+
+Process = tuple[int, int]  # (pid, start time in clock ticks since boot)
+
+
+def parent_and_start(pid: int) -> tuple[int, int] | None:
+    """A process's parent pid and start time, from /proc/PID/stat; None once it is gone."""
+    try:
+        stat = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)"; comm may hold spaces
+    if fields[0] == "Z":  # a zombie has ended; only its parent's wait remains
+        return None
+    return int(fields[1]), int(fields[19])
+
+
+def descendants(pid: int) -> set[Process]:
+    """Every running descendant of `pid` (children, their children, ...)."""
+    children: dict[int, list[Process]] = {}
+    for entry in PROC.iterdir():
+        if entry.name.isdigit() and (found := parent_and_start(int(entry.name))):
+            children.setdefault(found[0], []).append((int(entry.name), found[1]))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child[0])
+    return found
+
+
+def running(processes: set[Process]) -> set[Process]:
+    """Those of `processes` still running as the same process (pid and start time)."""
+    return {
+        (pid, start) for pid, start in processes if (parent_and_start(pid) or (0, -1))[1] == start
+    }
+
+
+def end(processes: set[Process], grace: float = GRACE_SECONDS) -> None:
+    """SIGTERM each, then SIGKILL what still runs after `grace` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 0.0)):
+        for pid, _ in running(processes):
+            with contextlib.suppress(OSError):  # ended meanwhile
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while running(processes) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def watch(driver: int) -> None:
+    """Note the driver's descendants until stdin closes, then end the ones still running
+    and whatever they started meanwhile."""
+    me = os.getpid()
+    noted: set[Process] = set()
+    while True:
+        readable, _, _ = select.select([sys.stdin], [], [], POLL_SECONDS)
+        if readable and not os.read(sys.stdin.fileno(), 4096):
+            break  # end of file: the driver is gone
+        noted = running(noted) | {proc for proc in descendants(driver) if proc[0] != me}
+    for pid, _ in running(noted):
+        noted |= descendants(pid)
+    end(noted)
+
+
+if __name__ == "__main__":
+    # Ctrl-C in a terminal reaches the whole foreground group: the reaper outlives it to
+    # clean up after the driver, and ends by itself once its work is done.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    watch(int(sys.argv[1]))

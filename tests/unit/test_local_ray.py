@@ -1,0 +1,79 @@
+"""A local Ray's set-up: the reaper ends a driver's processes when the driver dies (even
+by SIGKILL), and the loopback switch holds only while a local Ray starts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from processes import descendants, end_all, running, wait_until
+
+# A driver that starts the reaper as init_ray does, then a child that escapes its process
+# group and ignores SIGTERM (as Ray's agents outlived their driver), and waits.
+DRIVER = """
+import subprocess, sys, time
+from poster_ray.runtime import start_reaper
+start_reaper()
+subprocess.Popen([sys.executable, "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"],
+    start_new_session=True)
+print("ready", flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_killed_drivers_processes_end_within_seconds():
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    started = set()
+    try:
+        assert driver.stdout.readline() == "ready\n"
+        started = descendants(driver.pid)
+        assert len(started) == 2  # the reaper and the escaped child
+        time.sleep(1.0)  # the reaper notes the driver's descendants every half second
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        # SIGTERM is ignored: the reaper's SIGKILL after its grace period ends it.
+        assert wait_until(lambda: not running(started), timeout=10)
+    finally:
+        driver.kill()
+        end_all(started)
+
+
+# A driver that starts the reaper, says which process it is, and exits at once.
+SHORT_DRIVER = """
+from poster_ray import runtime
+from poster_ray.reaper import parent_and_start
+runtime.start_reaper()
+reaper = runtime._REAPERS[0].pid
+print(reaper, parent_and_start(reaper)[1], flush=True)
+"""
+
+
+def test_the_reaper_ends_when_its_driver_exits_normally():
+    finished = subprocess.run(
+        [sys.executable, "-c", SHORT_DRIVER], capture_output=True, text=True, timeout=60
+    )
+    assert finished.returncode == 0, finished.stderr
+    pid, start = (int(word) for word in finished.stdout.split())
+    assert wait_until(lambda: not running({(pid, start)}), timeout=10)
+
+
+def test_the_loopback_switch_holds_only_while_a_local_ray_starts(monkeypatch):
+    from ray._private import ray_constants
+
+    from poster_ray.runtime import LOOPBACK_ENV, loopback_only
+
+    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    with loopback_only(True):
+        assert {key: os.environ[key] for key in LOOPBACK_ENV} == LOOPBACK_ENV
+        assert ray_constants.ENABLE_RAY_CLUSTER is False
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ
+    assert ray_constants.ENABLE_RAY_CLUSTER is before
+    with loopback_only(False):  # attaching to a cluster: its own addresses
+        assert ray_constants.ENABLE_RAY_CLUSTER is before
