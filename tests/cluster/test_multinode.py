@@ -88,7 +88,7 @@ def cluster_run(tmp_path_factory):
     (dataset / "samples").mkdir()
     make_poster(dataset / "samples" / "red.jpg", color=(220, 30, 30))
     (dataset / "samples" / "broken.jpg").write_bytes(b"not a poster")
-    with LoopbackCluster(log_dir=root / "cluster", num_cpus=2, buckets=(BUCKET,)) as cluster:
+    with LoopbackCluster(log_dir=root / "cluster", num_cpus=1, buckets=(BUCKET,)) as cluster:
         token_auth = (
             cluster.api("GET", "/api/authentication_mode", auth=False),
             auth_rejected(cluster),
