@@ -88,13 +88,12 @@ def ensure_features(
         f"({plan.workers} actor(s) x {plan.cpus_per_worker:g} CPUs) ...",
         flush=True,
     )
-    # Read and write tasks ask only for what the actors leave on a node: on 1-CPU nodes
-    # a read task of Ray's default 1 CPU waited forever beside actors of 0.4.
+    # Read before the actors start: Ray Data lists the files in a task of 1 CPU (not
+    # settable), which waited forever on 1-CPU nodes beside actors of 0.4. Write tasks
+    # ask only for what the actors leave on a node.
     decoded = ray.data.read_parquet(
-        run.cache(image_size).uri,
-        columns=["id", "image", "labels", "error", "split"],
-        num_cpus=plan.task_cpus,
-    )
+        run.cache(image_size).uri, columns=["id", "image", "labels", "error", "split"]
+    ).materialize()
     with all_cpus_to_one_operator():
         decoded.map_batches(
             FeatureExtractor,
