@@ -3,10 +3,10 @@
 The tiny profile runs every stage (prepare, train the CNN and the pretrained model,
 evaluate, tune, compare, predict the samples, bulk inference). A head and a second
 raylet on loopback, 1 CPU each (small nodes: every stage's plan must fit beside its own
-tasks, or the pipeline waits forever), token authentication on, a local S3 server: the dataset and the run
-directory (checkpoints, caches, bundles, predictions) live in the bucket, the job goes
-through `ray job submit` as the README says, and the same job submitted again reuses every
-model and adds no prediction.
+tasks, or the pipeline waits forever), token authentication on, a local S3 server: the
+dataset and the run directory (checkpoints, caches, bundles, predictions) live in the
+bucket, the job goes through `ray job submit` as the README says, and the same job
+submitted again reuses every model and adds no prediction.
 """
 
 from __future__ import annotations
