@@ -102,15 +102,24 @@ class PipelineResult:
 
 
 def run_pipeline(settings: PipelineSettings) -> PipelineResult:
-    """Run every stage in order on a local Ray (or the cluster a job runs in)."""
+    """Run every stage in order on a local Ray (or the cluster a job runs in); a stage
+    that waits on resources longer than `waits.WAIT_REPORT_SECONDS` says so."""
+    from poster_ray.runtime import init_ray
+    from poster_ray.waits import reporting_waits
+
+    started = time.perf_counter()
+    init_ray(settings.prepare.num_cpus)
+    with reporting_waits():
+        return run_stages(settings, started)
+
+
+def run_stages(settings: PipelineSettings, started: float) -> PipelineResult:
     from poster_ray.data.prepare import format_prepare_summary, prepare
     from poster_ray.data.source import resolve_data_dir
     from poster_ray.report.run_page import write_run_report
-    from poster_ray.runtime import init_ray, ray_logs_dir
+    from poster_ray.runtime import ray_logs_dir
 
-    started = time.perf_counter()
     preparing = settings.prepare
-    init_ray(preparing.num_cpus)
     data_dir = resolve_data_dir(preparing.data, dict(os.environ))
     run = RunDir(preparing.out)
     stage("prepare", f"{data_dir} -> {run.root}", started)

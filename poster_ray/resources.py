@@ -24,6 +24,8 @@ BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 # CPUs left unreserved on every node for what runs beside the workers: the driver, a
 # tuning trial's function (0.01 CPU), Ray Data's iteration in a worker.
 NODE_HEADROOM_CPUS = 0.1
+# What a Ray Data read, decode or write task asks for at most: Ray's default, 1 CPU.
+TASK_CPUS = 1.0
 
 
 def cpu_has_native_bfloat16(cpuinfo: str | None = None) -> bool:
@@ -160,6 +162,9 @@ class WorkerPlan:
     cpus_per_worker: float
     gpus_per_worker: int
     threads: int  # TensorFlow threads per worker
+    # CPUs a task may ask for beside the workers on every node that runs them: a task
+    # asking for more would wait forever behind workers that never leave.
+    task_cpus: float = TASK_CPUS
 
 
 def plan_workers(
@@ -197,9 +202,7 @@ def plan_workers(
     leave_for_tasks = min(leave_for_tasks, smallest / 2)
     if cpus_per_worker is None:
         free = smallest - NODE_HEADROOM_CPUS - leave_for_tasks
-        # Down to a hundredth, so that shares always fit (rounded first: 2 - 0.1 - 1.0
-        # is 0.8999... in floating point, which would floor to 0.89).
-        cpus_per_worker = math.floor(round(max(0.1, free / per_node) * 100, 6)) / 100
+        cpus_per_worker = hundredths(max(0.1, free / per_node))
     fits = sum(
         min(
             int(node.cpus // cpus_per_worker),
@@ -214,5 +217,18 @@ def plan_workers(
             f"do not fit on the cluster's nodes (largest: {largest:g} CPUs, "
             f"{len(usable)} usable nodes); ask for fewer workers or fewer CPUs each"
         )
+    room = hundredths(smallest - per_node * cpus_per_worker)
+    if leave_for_tasks and room < hundredths(leave_for_tasks):
+        raise PosterRayError(
+            f"{what}: {per_node} worker(s) of {cpus_per_worker:g} CPUs leave {room:g} of a "
+            f"{smallest:g}-CPU node to the tasks that feed them, which need "
+            f"{leave_for_tasks:g}; ask for fewer CPUs each"
+        )
     threads = max(1, round(cpus_per_worker + leave_for_tasks / per_node))
-    return WorkerPlan(workers, cpus_per_worker, 1 if gpu else 0, threads)
+    return WorkerPlan(workers, cpus_per_worker, 1 if gpu else 0, threads, min(TASK_CPUS, room))
+
+
+def hundredths(cpus: float) -> float:
+    """`cpus` down to a hundredth, so that shares always fit (rounded first: 2 - 0.1 - 1.0
+    is 0.8999... in floating point, which would floor to 0.89)."""
+    return math.floor(round(cpus * 100, 6)) / 100

@@ -57,6 +57,7 @@ _SHARED_PORTS = 16  # gcs, dashboard, client server, autoscaler/dashboard metric
 _NODE_PORTS = 8  # object manager, node manager, agent http/grpc, runtime env agent, metrics
 _WORKER_PORTS = 48  # per node: one per worker or driver process
 _MAX_NODES = (_BLOCK_SIZE - _SHARED_PORTS) // (_NODE_PORTS + _WORKER_PORTS)
+_START_ATTEMPTS = 3  # per `ray start`, when the raylet timed out registering
 _PORT_FLOOR = 20000  # above Ray's default worker ports (10002-19999)
 
 # Inherited settings that would point the cluster or its clients somewhere else.
@@ -222,6 +223,7 @@ class LoopbackCluster:
         self._extra_env = dict(env or {})
         self._records: dict[int, ProcessRecord] = {}
         self._sessions: set[int] = set()
+        self._node_sessions: dict[int, int] = {}  # node index -> its `ray start` session
         self._moto: subprocess.Popen[bytes] | None = None
         self._ports: _PortBlock | None = None
         self.root: Path | None = None
@@ -268,14 +270,15 @@ class LoopbackCluster:
         dashboard_metric_port = ports.take()
         self.s3_port = ports.take()
         ports.take(_SHARED_PORTS - 6)
-        node_ports = [ports.take(_NODE_PORTS) for _ in self.node_ips]
-        worker_ports = [ports.take(_WORKER_PORTS) for _ in self.node_ips]
+        # Ports for every node the block allows: a replacement node (add_node) needs its own.
+        self._node_ports = [ports.take(_NODE_PORTS) for _ in range(_MAX_NODES)]
+        self._worker_ports = [ports.take(_WORKER_PORTS) for _ in range(_MAX_NODES)]
 
         self.env = self._build_env(autoscaler_metric_port, dashboard_metric_port)
         if self.buckets:
             self._start_moto()
-        for i, ip in enumerate(self.node_ips):
-            self._start_node(i, ip, node_ports[i], worker_ports[i])
+        for i in range(len(self.node_ips)):
+            self._start_node(i)
         self._wait_for_nodes(len(self.node_ips))
         self.scan()
 
@@ -410,6 +413,54 @@ class LoopbackCluster:
             command=cmd,
         )
 
+    def kill_node(self, i: int) -> list[ProcessRecord]:
+        """SIGKILL every process of worker node ``i`` at once, as a lost machine would go.
+
+        Its processes are the ones this cluster recorded in that node's ``ray start``
+        session, and their children (workers, agents): never a scan by name, since other
+        Ray clusters run on this machine. Returns what was killed.
+        """
+        if i == 0:
+            raise ValueError("node 0 is the head: losing it ends the cluster")
+        killed = self._kill_session(self._node_sessions[i])
+        self._sessions.discard(self._node_sessions[i])
+        return killed
+
+    def _kill_session(self, session: int) -> list[ProcessRecord]:
+        """SIGKILL the recorded members of one `ray start` session and their children."""
+        records = {r.pid: r for r in self.scan()}
+        stats = {pid: _read_stat(pid) for pid in records}
+        doomed = {pid for pid, stat in stats.items() if stat and stat.session == session}
+        while True:  # children of the node's processes, whatever session they made
+            children = {pid for pid, stat in stats.items() if stat and stat.ppid in doomed}
+            if children <= doomed:
+                break
+            doomed |= children
+        killed = [records[pid] for pid in sorted(doomed)]
+        for record in killed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(record.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(r.alive() for r in killed):
+            time.sleep(0.1)
+        return killed
+
+    def add_node(self, resources: Mapping[str, float] | None = None) -> int:
+        """Start one more node (a replacement for a lost one, say); returns its index.
+
+        ``resources`` are its custom resources (default: a new ``node_x`` of its own).
+        Waits until the cluster counts it alive.
+        """
+        i = len(self.node_ips)
+        if i >= _MAX_NODES:
+            raise ValueError(f"at most {_MAX_NODES} nodes in one port block")
+        self.node_ips.append(f"127.0.0.{i + 2}")
+        self.node_resources.append(dict(resources or {f"node_{chr(ord('a') + i)}": 1}))
+        alive = sum(node.get("state") == "ALIVE" for node in self.nodes())
+        self._start_node(i)
+        self._wait_for_nodes(alive + 1)
+        return i
+
     def nodes(self) -> list[dict[str, Any]]:
         """The cluster's nodes as Ray's state API lists them (node_id, node_ip, state...)."""
         reply = self._api("GET", "/api/v0/nodes?limit=100")
@@ -522,8 +573,9 @@ class LoopbackCluster:
         for bucket in self.buckets:
             s3.create_bucket(Bucket=bucket)
 
-    def _start_node(self, i: int, ip: str, node_port: int, worker_port: int) -> None:
+    def _start_node(self, i: int) -> None:
         assert self.root is not None
+        ip, node_port, worker_port = self.node_ips[i], self._node_ports[i], self._worker_ports[i]
         cmd = [str(BIN_DIR / "ray"), "start", f"--node-ip-address={ip}"]
         if i == 0:
             cmd += [
@@ -552,13 +604,26 @@ class LoopbackCluster:
             "--disable-usage-stats",
             "--log-style=record",
         ]
-        log_name = f"ray-start-{i}.log"
+        # Ray gives a raylet 30 s to register with the GCS: on a loaded machine it may
+        # not, so a node that timed out is killed and started again.
+        for attempt in range(_START_ATTEMPTS):
+            log_name = f"ray-start-{i}-{attempt}.log"
+            rc = self._run_ray_start(i, cmd, log_name)
+            if rc == 0 or "timed out during startup" not in self._log_tail(log_name):
+                break
+            self._kill_session(self._node_sessions[i])
+        if rc != 0:
+            raise RuntimeError(f"`{shlex.join(cmd)}` failed ({rc}):\n{self._log_tail(log_name)}")
+
+    def _run_ray_start(self, i: int, cmd: list[str], log_name: str) -> int:
+        assert self.root is not None
         with open(self.root / "logs" / log_name, "wb") as log:
             # A new session per `ray start`: its daemons stay in it after it exits.
             proc = subprocess.Popen(
                 cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
             self._sessions.add(proc.pid)
+            self._node_sessions[i] = proc.pid
             try:
                 rc = proc.wait(self.start_timeout)
             except subprocess.TimeoutExpired:
@@ -566,8 +631,7 @@ class LoopbackCluster:
                 proc.wait()
                 rc = -1
         self.scan()
-        if rc != 0:
-            raise RuntimeError(f"`{shlex.join(cmd)}` failed ({rc}):\n{self._log_tail(log_name)}")
+        return rc
 
     def _wait_for_nodes(self, n: int) -> None:
         deadline = time.monotonic() + self.start_timeout

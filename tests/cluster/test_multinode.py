@@ -2,10 +2,11 @@
 
 The tiny profile runs every stage (prepare, train the CNN and the pretrained model,
 evaluate, tune, compare, predict the samples, bulk inference). A head and a second
-raylet on loopback, token authentication on, a local S3 server: the dataset and the run
-directory (checkpoints, caches, bundles, predictions) live in the bucket, the job goes
-through `ray job submit` as the README says, and the same job submitted again reuses every
-model and adds no prediction.
+raylet on loopback, 1 CPU each (small nodes: every stage's plan must fit beside its own
+tasks, or the pipeline waits forever), token authentication on, a local S3 server: the
+dataset and the run directory (checkpoints, caches, bundles, predictions) live in the
+bucket, the job goes through `ray job submit` as the README says, and the same job
+submitted again reuses every model and adds no prediction.
 """
 
 from __future__ import annotations
@@ -88,7 +89,9 @@ def cluster_run(tmp_path_factory):
     (dataset / "samples").mkdir()
     make_poster(dataset / "samples" / "red.jpg", color=(220, 30, 30))
     (dataset / "samples" / "broken.jpg").write_bytes(b"not a poster")
-    with LoopbackCluster(log_dir=root / "cluster", num_cpus=2, buckets=(BUCKET,)) as cluster:
+    with LoopbackCluster(
+        log_dir=root / "cluster", num_cpus=1, buckets=(BUCKET,), start_timeout=300
+    ) as cluster:
         token_auth = (
             cluster.api("GET", "/api/authentication_mode", auth=False),
             auth_rejected(cluster),

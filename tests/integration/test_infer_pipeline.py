@@ -58,12 +58,19 @@ def test_gpu_actors_take_one_gpu_and_one_cpu_each():
     [
         ({"cpus_per_worker": 0.5}, "Ray Data would fuse decoding into the model actor"),
         ({"cpus_per_worker": 3.0}, "do not fit"),
+        ({"cpus_per_worker": 1.9}, "leave 0.1 of a 2-CPU node to the tasks that feed them"),
         ({"gpu": True}, "no Ray node with a GPU"),
     ],
 )
 def test_plans_that_cannot_work_are_one_clear_error(kwargs, message):
     with pytest.raises(PosterRayError, match=message):
         plan_inference([Node("n", 2.0, 0.0)], **kwargs)
+
+
+def test_on_1_cpu_nodes_a_decode_task_fits_beside_each_model_actor():
+    plan = plan_inference([Node("a", 1.0, 0.0), Node("b", 1.0, 0.0)])
+    assert (plan.max_actors, plan.cpus_per_actor, plan.decode_cpus) == (2, 0.4, 0.5)
+    assert plan.cpus_per_actor + plan.decode_cpus <= 1.0
 
 
 def test_decode_tasks_and_model_actors_are_separate_stages_that_overlap(

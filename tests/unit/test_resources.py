@@ -59,7 +59,9 @@ def test_an_unknown_precision_is_refused():
 def test_one_training_worker_per_node_each_with_what_its_node_has():
     """The issue's cluster: two 16-CPU workers got 19.5 CPUs each from cluster totals."""
     plan = plan_workers([HEAD_WITHOUT_WORK, cpu(16, name="a"), cpu(16, name="b")], "training")
-    assert plan == WorkerPlan(workers=2, cpus_per_worker=15.9, gpus_per_worker=0, threads=16)
+    assert plan == WorkerPlan(
+        workers=2, cpus_per_worker=15.9, gpus_per_worker=0, threads=16, task_cpus=0.1
+    )
 
 
 def test_a_head_with_cpus_counts_and_the_smallest_node_sets_the_share():
@@ -80,14 +82,43 @@ def test_tuning_trials_running_at_once_share_the_nodes():
 def test_gpu_workers_are_one_per_gpu_on_the_gpu_nodes():
     nodes = [HEAD_WITHOUT_WORK, cpu(4, gpus=1, name="g1"), cpu(4, gpus=1, name="g2"), cpu(16)]
     plan = plan_workers(nodes, "training", gpu=True)
-    assert plan == WorkerPlan(workers=2, cpus_per_worker=3.9, gpus_per_worker=1, threads=4)
+    assert plan == WorkerPlan(
+        workers=2, cpus_per_worker=3.9, gpus_per_worker=1, threads=4, task_cpus=0.1
+    )
 
 
 def test_cpus_left_to_ray_data_tasks_are_still_the_actors_threads():
     """Feature extraction leaves 1 CPU for the decode tasks feeding it; its actor's
     TensorFlow still uses that core while the tasks are idle."""
     plan = plan_workers([cpu(2)], "feature extraction", leave_for_tasks=1.0)
-    assert (plan.workers, plan.cpus_per_worker, plan.threads) == (1, 0.9, 2)
+    assert (plan.workers, plan.cpus_per_worker, plan.threads, plan.task_cpus) == (1, 0.9, 2, 1.0)
+
+
+def test_on_1_cpu_nodes_the_tasks_feeding_the_actors_fit_beside_them():
+    """The issue's hang: 2 nodes x 1 CPU, actors of 0.4 CPUs, a read task asking for 1."""
+    nodes = [cpu(1, name="a"), cpu(1, name="b")]
+    plan = plan_workers(nodes, "feature extraction", leave_for_tasks=1.0)
+    assert (plan.workers, plan.cpus_per_worker, plan.task_cpus) == (2, 0.4, 0.6)
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 3, 4, 8, 16])
+@pytest.mark.parametrize("leave", [0.5, 1.0, 4.0])
+@pytest.mark.parametrize("workers", [None, 2, 3])
+def test_workers_and_one_task_always_fit_on_every_node(cpus, leave, workers):
+    nodes = [cpu(cpus, name="a"), cpu(cpus, name="b")]
+    plan = plan_workers(nodes, "feature extraction", workers, leave_for_tasks=leave)
+    per_node = -(-plan.workers // len(nodes))
+    assert plan.task_cpus > 0
+    assert per_node * plan.cpus_per_worker + plan.task_cpus <= cpus + 1e-9
+
+
+def test_workers_that_leave_no_room_for_their_tasks_are_refused_in_one_line():
+    with pytest.raises(PosterRayError) as refused:
+        plan_workers([cpu(1)], "feature extraction", cpus_per_worker=1.0, leave_for_tasks=1.0)
+    assert str(refused.value) == (
+        "feature extraction: 1 worker(s) of 1 CPUs leave 0 of a 1-CPU node to the tasks "
+        "that feed them, which need 0.5; ask for fewer CPUs each"
+    )
 
 
 @pytest.mark.parametrize(
