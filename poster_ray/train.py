@@ -20,7 +20,8 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from poster_ray import export, models, resources
 from poster_ray.bundle import FORMAT_VERSION, INFO_FILE, bundle_info
 from poster_ray.config import MONITORS, TrainConfig
-from poster_ray.data.cache import load_split, train_labels
+from poster_ray.data.cache import ensure_decoded, load_split, train_labels
+from poster_ray.data.context import ordered_execution
 from poster_ray.errors import PosterRayError
 from poster_ray.features import FeatureCache, ensure_features
 from poster_ray.layout import ModelDir, RunDir
@@ -194,17 +195,20 @@ def load_training_data(run: RunDir, config: TrainConfig, features: bool = True) 
     """Decoded posters at the model's input size, or, for a transfer model's head (with
     `features`), its backbone's cached features."""
     cache = feature_cache(run, config) if features else None
-    if cache is not None:
-        inputs, shape = "features", (cache.dims,)
-        train_split, val_split = cache.split("train"), cache.split("val")
-    else:
-        size = input_size(run, config)
-        inputs, shape = "image", (size, size, 3)
-        train_split = load_split(run, "train", image_size=size)
-        val_split = load_split(run, "val", image_size=size)
+    size = input_size(run, config)
+    if cache is None:
+        ensure_decoded(run, size)
     # Datasets carry the context they were made in: no iteration progress bars in the
-    # workers, whose per-epoch lines say more and cost the driver less.
-    with without_progress_bars():
+    # workers, whose per-epoch lines say more and cost the driver less; blocks in the
+    # cache's order, so each worker gets the same share on every run.
+    with without_progress_bars(), ordered_execution():
+        if cache is not None:
+            inputs, shape = "features", (cache.dims,)
+            train_split, val_split = cache.split("train"), cache.split("val")
+        else:
+            inputs, shape = "image", (size, size, 3)
+            train_split = load_split(run, "train", image_size=size)
+            val_split = load_split(run, "val", image_size=size)
         datasets = worker_datasets(train_split, val_split, config.workers)
     return TrainingData(
         datasets=datasets,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from copy import copy
 
 import ray
 
@@ -30,3 +31,11 @@ def all_cpus_to_one_operator() -> AbstractContextManager[None]:
     speed with it off (bench/preprocess_throughput.py).
     """
     return data_context(op_resource_reservation_enabled=False)
+
+
+def ordered_execution() -> AbstractContextManager[None]:
+    """Datasets made while the block runs keep their input's order: the same posters
+    reach the same training worker on every run, a resumed one included."""
+    options = copy(ray.data.DataContext.get_current().execution_options)
+    options.preserve_order = True
+    return data_context(execution_options=options)

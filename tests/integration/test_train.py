@@ -230,10 +230,16 @@ def test_patience_counts_the_epochs_before_a_resume():
 
 def training_worker_pids() -> set[int]:
     """The processes of this Ray's live training workers (other Rays may run here)."""
+    import ray
     from ray.util.state import list_actors
 
     alive = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
-    return {actor.pid for actor in list_actors(filters=alive, raise_on_missing_output=False)}
+    actors = list_actors(
+        address=ray.get_runtime_context().gcs_address,
+        filters=alive,
+        raise_on_missing_output=False,
+    )
+    return {actor.pid for actor in actors}
 
 
 def test_a_killed_worker_resumes_from_the_last_checkpoint(tmp_path_factory, ray_session):
