@@ -228,7 +228,18 @@ class Location:
         """Rename this file or folder to `target` (same filesystem): atomic on a local or
         shared filesystem, a copy and delete on an object store."""
         target.parent.mkdir()
-        self.fs.move(self.path, target.path)
+        if self.is_local or self._info().type != pafs.FileType.Directory:
+            self.fs.move(self.path, target.path)
+            return
+        # An object store has no folders to rename (S3's CopyObject refused the prefix):
+        # each object is moved on its own, then what is left of the prefix removed.
+        selector = pafs.FileSelector(self.path, recursive=True)
+        for info in self.fs.get_file_info(selector):
+            if info.type == pafs.FileType.File:
+                moved = target.path + info.path[len(self.path) :]
+                self.fs.create_dir(moved.rsplit("/", 1)[0], recursive=True)
+                self.fs.move(info.path, moved)
+        self.remove()
 
     def check_writable_folder(self, flag: str) -> None:
         """A folder this process can create or write into, checked before any work starts:
