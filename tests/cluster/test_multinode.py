@@ -27,7 +27,9 @@ from poster_ray.runtime import PROCESS_ENV
 BUCKET = "poster-ray"
 
 pytestmark = [
-    pytest.mark.timeout(900),
+    pytest.mark.timeout(
+        2400
+    ),  # two submissions of the pipeline on 1-CPU nodes, beside the rest of the suite
     pytest.mark.skipif(
         not (BIN_DIR / "ray").exists() or importlib.util.find_spec("aiohttp") is None,
         reason="`ray job submit` and the job server need ray[default] (the `cluster` extra)",
@@ -76,7 +78,7 @@ def submit(cluster: LoopbackCluster, *argv: str):
         ["python", *argv],
         working_dir=str(REPO),
         runtime_env={"env_vars": PROCESS_ENV},
-        timeout=780,
+        timeout=1500,
     )
     assert result.status == "SUCCEEDED", result.logs[-4000:]
     return result
