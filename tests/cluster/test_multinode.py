@@ -27,9 +27,8 @@ from poster_ray.runtime import PROCESS_ENV
 BUCKET = "poster-ray"
 
 pytestmark = [
-    pytest.mark.timeout(
-        2400
-    ),  # two submissions of the pipeline on 1-CPU nodes, beside the rest of the suite
+    # Two submissions of the pipeline on 1-CPU nodes, beside the rest of the suite.
+    pytest.mark.timeout(2400),
     pytest.mark.skipif(
         not (BIN_DIR / "ray").exists() or importlib.util.find_spec("aiohttp") is None,
         reason="`ray job submit` and the job server need ray[default] (the `cluster` extra)",
