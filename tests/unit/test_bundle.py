@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,12 +128,17 @@ def test_a_model_for_another_image_size_is_refused(model_file, tmp_path):
         load_bundle(path)
 
 
-def test_a_model_with_python_code_is_refused(tmp_path):
+def lambda_bundle(tmp_path) -> Path:
+    """A bundle whose model carries Python code: a Lambda layer."""
     inputs = keras.Input((SIZE, SIZE, 3))
     x = keras.layers.Lambda(lambda t: t / 255.0)(inputs)
     outputs = keras.layers.Dense(len(GENRES))(keras.layers.GlobalAveragePooling2D()(x))
     keras.Model(inputs, outputs).save(tmp_path / "lambda.keras")
-    path = write(tmp_path / "bundle", tmp_path / "lambda.keras")
+    return write(tmp_path / "bundle", tmp_path / "lambda.keras")
+
+
+def test_a_model_with_python_code_is_refused(tmp_path):
+    path = lambda_bundle(tmp_path)
     with pytest.raises(PosterRayError, match="refusing to load.*Lambda"):
         load_bundle(path)
 
@@ -194,11 +200,7 @@ def test_a_bundle_of_the_old_format_asks_to_export_again(model_file, tmp_path):
 
 def test_python_code_is_refused_without_tensorflow(tmp_path):
     """verified_info (what `infer` runs on its driver) reads the archive's config only."""
-    inputs = keras.Input((SIZE, SIZE, 3))
-    x = keras.layers.Lambda(lambda t: t / 255.0)(inputs)
-    outputs = keras.layers.Dense(len(GENRES))(keras.layers.GlobalAveragePooling2D()(x))
-    keras.Model(inputs, outputs).save(tmp_path / "lambda.keras")
-    path = write(tmp_path / "bundle", tmp_path / "lambda.keras")
+    path = lambda_bundle(tmp_path)
     script = (
         "import sys\nfrom poster_ray.bundle import verified_info\n"
         f"try:\n    verified_info({str(path)!r})\nexcept Exception as error:\n    print(error)\n"
