@@ -38,13 +38,18 @@ PAGE_FILE = "index.html"
 
 
 @dataclass(frozen=True, init=False)
-class ModelDir:
-    """The layout of one model's directory, shared by export, evaluate, tune and bench."""
+class Folder:
+    """A folder of a run's layout: a local path or a URI, given as either."""
 
     root: Location
 
     def __init__(self, root: str | os.PathLike | Location) -> None:
         object.__setattr__(self, "root", Location.of(root))
+
+
+@dataclass(frozen=True, init=False)
+class ModelDir(Folder):
+    """The layout of one model's directory, shared by export, evaluate, tune and bench."""
 
     @property
     def name(self) -> str:
@@ -111,13 +116,8 @@ class ModelDir:
 
 
 @dataclass(frozen=True, init=False)
-class RunDir:
+class RunDir(Folder):
     """The layout of a run directory (a local path or a URI), shared by every stage."""
-
-    root: Location
-
-    def __init__(self, root: str | os.PathLike | Location) -> None:
-        object.__setattr__(self, "root", Location.of(root))
 
     @property
     def manifest(self) -> Location:
@@ -212,15 +212,13 @@ class RunDir:
 
 
 @dataclass(frozen=True, init=False)
-class GalleryDir:
+class GalleryDir(Folder):
     """The gallery of a bulk inference output folder, inside it: the page, one thumbnail
     per poster, and each view's pages of rows as scripts (file:// pages may load scripts,
     not fetch JSON)."""
 
-    root: Location
-
     def __init__(self, predictions: str | os.PathLike | Location) -> None:
-        object.__setattr__(self, "root", Location.of(predictions) / "gallery")
+        super().__init__(Location.of(predictions) / "gallery")
 
     @property
     def page(self) -> Location:

@@ -279,7 +279,7 @@ class LoopbackCluster:
             self._start_moto()
         for i in range(len(self.node_ips)):
             self._start_node(i)
-        self._wait_for_nodes(len(self.node_ips))
+        self._wait_for_nodes(self.node_ips)
         self.scan()
 
     def close(self) -> list[ProcessRecord]:
@@ -456,9 +456,8 @@ class LoopbackCluster:
             raise ValueError(f"at most {_MAX_NODES} nodes in one port block")
         self.node_ips.append(f"127.0.0.{i + 2}")
         self.node_resources.append(dict(resources or {f"node_{chr(ord('a') + i)}": 1}))
-        alive = sum(node.get("state") == "ALIVE" for node in self.nodes())
         self._start_node(i)
-        self._wait_for_nodes(alive + 1)
+        self._wait_for_nodes([self.node_ips[i]])
         return i
 
     def nodes(self) -> list[dict[str, Any]]:
@@ -633,18 +632,21 @@ class LoopbackCluster:
         self.scan()
         return rc
 
-    def _wait_for_nodes(self, n: int) -> None:
+    def _wait_for_nodes(self, ips: list[str]) -> None:
+        """Wait until the node at each of `ips` is alive: named by address, since a node
+        just killed may still be counted alive for a while."""
         deadline = time.monotonic() + self.start_timeout
-        alive: list[Any] = []
+        alive: set[str] = set()
         while time.monotonic() < deadline:
             try:
-                alive = [x for x in self.nodes() if x.get("state") == "ALIVE"]
-                if len(alive) >= n:
+                alive = {x["node_ip"] for x in self.nodes() if x.get("state") == "ALIVE"}
+                if alive >= set(ips):
                     return
             except (OSError, KeyError, TypeError, ValueError):
                 pass
             time.sleep(0.5)
-        raise RuntimeError(f"{len(alive)} of {n} nodes alive after {self.start_timeout}s")
+        missing = sorted(set(ips) - alive)
+        raise RuntimeError(f"nodes {missing} not alive after {self.start_timeout}s")
 
     def _api(self, method: str, path: str, *, auth: bool = True) -> Any:
         req = urllib.request.Request(self.dashboard_url + path, method=method)

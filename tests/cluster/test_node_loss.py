@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -31,7 +32,8 @@ from synthetic import make_dataset
 from poster_ray.runtime import PROCESS_ENV
 
 EPOCHS = 6
-CHUNK = 16  # inference files per committed part: 10 parts of the 160 posters
+CHUNK = 16  # inference files per committed part
+ARCHIVE = 1600  # posters of the inference test (hard links): 100 parts, for a loss mid-stage
 LOST = 1  # the node taken away first; its replacement is taken away next
 
 pytestmark = [
@@ -140,14 +142,25 @@ def test_training_survives_a_lost_node_from_its_last_checkpoint(cluster, prepare
     assert {epoch["workers"] for epoch in history} == {2}
 
 
+def archive_of(run: Path, n: int) -> Path:
+    """A folder of `n` posters, hard links to the run's own: enough parts that the node
+    is lost while most are still to do."""
+    posters = sorted(pq.read_table(run / "manifest.parquet", columns=["path"]).column(0))
+    archive = run.parent / "archive"
+    archive.mkdir()
+    for i in range(n):
+        os.link(posters[i % len(posters)].as_py(), archive / f"tt{i:07d}.jpg")
+    return archive
+
+
 def test_bulk_inference_survives_a_lost_node_with_one_row_per_input(cluster, prepared):
     bundle = prepared / "models" / "custom_cnn" / "bundle"
     if not bundle.is_dir():
         pytest.skip("needs the bundle of the training test")
-    output = prepared / "predictions"
+    archive, output = archive_of(prepared, ARCHIVE), prepared / "predictions"
     infer = (
         "from poster_ray.infer import run_inference; "
-        f"run_inference({str(bundle)!r}, {str(prepared / 'manifest.parquet')!r}, "
+        f"run_inference({str(bundle)!r}, {str(archive)!r}, "
         f"{str(output)!r}, workers=2, batch_size=4, chunk_size={CHUNK})"
     )
     job = Submitted(cluster, "python", "-c", infer)
@@ -158,12 +171,12 @@ def test_bulk_inference_survives_a_lost_node_with_one_row_per_input(cluster, pre
     job.join()
 
     assert job.result.status == "SUCCEEDED", job.result.logs[-4000:]
-    inputs = pq.read_table(prepared / "manifest.parquet", columns=["path"]).column(0)
-    parts = sorted(output.glob("part-*.parquet"))
-    expected = -(-len(inputs) // CHUNK)
+    expected = ARCHIVE // CHUNK
     assert parts_before < expected, "inference ended before the node was lost"
+    parts = sorted(output.glob("part-*.parquet"))
     assert [part.name for part in parts] == [f"part-{i:06d}.parquet" for i in range(expected)]
     rows = pq.read_table(parts).column("path").to_pylist()
-    assert len(rows) == len(set(rows)) == len(inputs)
-    assert sorted(rows) == sorted(inputs.to_pylist())
+    inputs = sorted(str(path) for path in archive.iterdir())
+    assert len(rows) == len(set(rows)) == ARCHIVE
+    assert sorted(rows) == inputs
     assert not list(output.glob("_tmp/*")), "a part left uncommitted"

@@ -158,8 +158,9 @@ def test_a_stopped_driver_says_so_in_one_line_and_ends_its_ray(
         started = running_job(driver, tmp_path)
         ports = listening_ports({pid for pid, _ in started} | {driver.pid})
         stop(driver)
-        assert driver.wait(timeout=60) == status
+        returned = driver.wait(timeout=60)
         err = (tmp_path / "stderr").read_text()
+        assert returned == status, err[-3000:]
         assert err.endswith(f"poster-ray: interrupted: {INTERRUPTED['infer']}\n"), err[-2000:]
         assert "Traceback" not in err and "*** SIG" not in err, err[-2000:]
         assert_nothing_left(started, ports)
