@@ -27,6 +27,9 @@ from poster_ray.data.context import data_context
 from poster_ray.errors import RunFailure, Terminated
 from poster_ray.quiet_tensorflow import TENSORFLOW_ENV, install_filtered_tensorflow_import
 
+# Ray Data's switch of its Parquet reader, read when ray.data is imported; the driver's
+# own context is set in init_ray, since ray.data may be imported before it runs.
+USE_DATASOURCE_V2_ENV_VAR = "RAY_DATA_USE_DATASOURCE_V2"
 # What the driver and every Ray worker need in their environment. The driver keeps a
 # value the user set; workers get the driver's value, so exporting one (say
 # TF_CPP_MIN_LOG_LEVEL=0 to debug) reaches them too. The README's `ray job submit`
@@ -45,6 +48,10 @@ PROCESS_ENV = {
     # (ray#54868), so a CPU-only TensorFlow process would see, and by default fill, every
     # GPU of its node. This restores "no GPU reserved: none visible". Read by each worker.
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1",
+    # Parquet through Ray Data's first datasource: its second (the 2.60 default) starts
+    # footer-reader actors for every read, 2-4 s for a cache split of a few files on 2
+    # cores, 0.2 s this way (bench/parquet_reads.py); every training run reads two.
+    USE_DATASOURCE_V2_ENV_VAR: "0",
 }
 # What workers alone get. Deprecation notices from inside Ray and TensorFlow, which users
 # cannot act on, printed once per worker process; the driver's own warnings are the
@@ -100,7 +107,9 @@ def init_ray(
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise RunFailure(f"Ray did not start: {reason} The same command retries.") from None
     stop_on_sigterm()
-    ray.data.DataContext.get_current().enable_progress_bars = progress_bars
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = progress_bars
+    context.use_datasource_v2 = os.environ[USE_DATASOURCE_V2_ENV_VAR] == "1"
 
 
 def starts_local_ray() -> bool:

@@ -263,3 +263,17 @@ def test_workers_query_their_own_cluster_when_another_ray_runs(ray_session, anot
     address, nodes = ray.get(state_api_answer.remote())
     assert address == ray.get_runtime_context().gcs_address != another_local_ray
     assert nodes == [ray.get_runtime_context().get_node_id()]
+
+
+def test_the_driver_and_every_worker_read_parquet_with_the_first_datasource(ray_session):
+    """Ray Data's second Parquet datasource starts actors for every read (seconds for a
+    cache split; bench/parquet_reads.py): the driver's context and the fresh one of a
+    worker (a Train worker, a Tune trial) both use the first."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def worker_uses_v2() -> bool:
+        return ray.data.DataContext.get_current().use_datasource_v2
+
+    assert ray.data.DataContext.get_current().use_datasource_v2 is False
+    assert ray.get(worker_uses_v2.remote()) is False

@@ -73,6 +73,11 @@ def test_two_workers_leave_model_history_curves_checkpoints_and_bundle(run, trai
     assert checkpoints
     # Keras v3 zips, loadable in safe mode: not HDF5 under a .keras name.
     assert all(zipfile.is_zipfile(path) for path in [*checkpoints, trained / "model.keras"])
+    # Checkpoints keep the bfloat16 policy (a resume goes on in it); the export is float32
+    # for any hardware.
+    assert conv_dtypes(models.load_model(sorted(checkpoints)[-1])) == {"bfloat16"}
+    assert conv_dtypes(models.load_model(trained / "model.keras")) == {"float32"}
+    assert config["trained_in"] == "bfloat16"
     # The export step writes the bundle, before any evaluation.
     bundle = load_bundle(ModelDir(trained).bundle)
     assert bundle.genres == run.load_genres()
@@ -112,32 +117,20 @@ def test_another_threshold_policy_exports_the_bundle_again_and_trains_nothing(ru
     assert load_bundle(ModelDir(trained).bundle).info["threshold_policy"]["requested"] == "auto"
 
 
-def test_rerun_with_the_same_name_resumes_from_the_last_checkpoint(run, trained):
-    before = history_of(trained)
-    resumed = train.train(run, "tiny", replace(TINY, epochs=6))
-    after = history_of(resumed)
-    assert [epoch["epoch"] for epoch in after] == [1, 2, 3, 4, 5, 6]
-    # Epochs 1-5 come from the checkpoint, not from training again.
-    assert after[:5] == before
-    # Checkpoints keep the bfloat16 policy; the export is float32 for any hardware.
-    checkpoint = sorted((run.root.local_path / "ray" / "tiny").glob("checkpoint_*/model.keras"))[-1]
-    assert conv_dtypes(models.load_model(checkpoint)) == {"bfloat16"}
-    assert conv_dtypes(models.load_model(resumed / "model.keras")) == {"float32"}
-    assert json.loads((resumed / "train_config.json").read_text())["trained_in"] == "bfloat16"
-
-
 def conv_dtypes(model: keras.Model) -> set[str]:
     return {layer.compute_dtype for layer in model.layers if "conv" in layer.name}
 
 
 def test_float16_trains_with_loss_scaling_resumes_and_exports_float32(run):
     """The GPU branch's policy, forced on a CPU: float16 compute, a loss-scaled optimizer
-    whose state survives a resume."""
+    whose state survives a resume: a rerun with more epochs goes on from the last
+    checkpoint (the resume of every precision)."""
     config = replace(TINY, epochs=1, workers=1, precision="float16")
-    train.train(run, "tiny-float16", config)
+    before = history_of(train.train(run, "tiny-float16", config))
     out = train.train(run, "tiny-float16", replace(config, epochs=2))
     history = history_of(out)
     assert [epoch["epoch"] for epoch in history] == [1, 2]
+    assert history[:1] == before  # epoch 1 comes from the checkpoint, not trained again
     assert {epoch["compute_precision"] for epoch in history} == {"float16"}
     assert all(np.isfinite(epoch["val_pr_auc"]) for epoch in history)
     checkpoint = sorted(
