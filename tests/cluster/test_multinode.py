@@ -1,4 +1,7 @@
-"""The main command end to end, as a submitted job on a 2-node Ray cluster with S3.
+"""Submitted jobs on a 2-node Ray cluster with S3: the main command end to end, then
+stages that lose a node.
+
+One cluster serves the module (a second one beside it would share these 2 cores).
 
 The tiny profile runs every stage (prepare, train the CNN and the pretrained model,
 evaluate, tune, compare, predict the samples, bulk inference). A head and a second
@@ -7,6 +10,19 @@ tasks, or the pipeline waits forever), token authentication on, a local S3 serve
 dataset and the run directory (checkpoints, caches, bundles, predictions) live in the
 bucket, the job goes through `ray job submit` as the README says, and the same job
 submitted again reuses every model and adds no prediction.
+
+Then a node is lost mid-stage, as a spot instance taken back would go: the second
+node's processes are killed with SIGKILL (by the ids the harness started, and their
+children), then a replacement node joins, and the stage must finish as if nothing
+happened:
+
+- training with 2 workers (one per node) continues from its last checkpoint (Ray
+  Train's FailureConfig restarts the worker group once the replacement can hold it),
+  its epoch history without gap or repeat;
+- bulk inference ends with exactly one row per input, every part committed once (Ray
+  Data retries the lost tasks and restarts the lost model actor).
+
+The node-loss run directory is a local path both nodes see.
 """
 
 from __future__ import annotations
@@ -14,6 +30,9 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import os
+import threading
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -25,9 +44,15 @@ from synthetic import make_dataset, make_poster
 from poster_ray.runtime import PROCESS_ENV
 
 BUCKET = "poster-ray"
+# The node-loss tests: training epochs, inference files per committed part, posters to
+# infer (hard links: 100 parts, so the node is lost while most are still to do).
+EPOCHS = 6
+CHUNK = 16
+ARCHIVE = 1600
 
 pytestmark = [
-    # Two submissions of the pipeline on 1-CPU nodes, beside the rest of the suite.
+    # Two submissions of the pipeline on 1-CPU nodes, then the node losses, beside the
+    # rest of the suite.
     pytest.mark.timeout(2400),
     pytest.mark.skipif(
         not (BIN_DIR / "ray").exists() or importlib.util.find_spec("aiohttp") is None,
@@ -71,51 +96,68 @@ def read_parquet(cluster: LoopbackCluster, keys: list[str]):
     )
 
 
+class Submitted(threading.Thread):
+    """`ray job submit --working-dir . --runtime-env-json ... -- ARGV`, waiting in the
+    background (while a test breaks the cluster, say)."""
+
+    def __init__(self, cluster: LoopbackCluster, *argv: str) -> None:
+        super().__init__(daemon=True)
+        self.cluster, self.argv, self.result = cluster, argv, None
+
+    def run(self) -> None:
+        self.result = self.cluster.submit(
+            list(self.argv),
+            working_dir=str(REPO),
+            runtime_env={"env_vars": PROCESS_ENV},
+            timeout=1500,
+        )
+
+
 def submit(cluster: LoopbackCluster, *argv: str):
-    """`ray job submit --working-dir . --runtime-env-json ... -- python jobs/...`."""
-    result = cluster.submit(
-        ["python", *argv],
-        working_dir=str(REPO),
-        runtime_env={"env_vars": PROCESS_ENV},
-        timeout=1500,
-    )
-    assert result.status == "SUCCEEDED", result.logs[-4000:]
-    return result
+    """A submitted job, to its end; it must succeed."""
+    job = Submitted(cluster, *argv)
+    job.run()
+    assert job.result.status == "SUCCEEDED", job.result.logs[-4000:]
+    return job.result
 
 
 @pytest.fixture(scope="module")
-def cluster_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("multinode")
-    dataset = make_dataset(root / "dataset", n=160)
+def cluster(tmp_path_factory):
+    with LoopbackCluster(
+        log_dir=tmp_path_factory.mktemp("cluster"), num_cpus=1, buckets=(BUCKET,), start_timeout=300
+    ) as cluster:
+        yield cluster
+    # Teardown stopped exactly what the cluster started.
+    assert cluster.leftovers == [] and not any(record.alive() for record in cluster.processes)
+
+
+@pytest.fixture(scope="module")
+def cluster_run(cluster, tmp_path_factory):
+    dataset = make_dataset(tmp_path_factory.mktemp("multinode") / "dataset", n=160)
     (dataset / "samples").mkdir()
     make_poster(dataset / "samples" / "red.jpg", color=(220, 30, 30))
     (dataset / "samples" / "broken.jpg").write_bytes(b"not a poster")
-    with LoopbackCluster(
-        log_dir=root / "cluster", num_cpus=1, buckets=(BUCKET,), start_timeout=300
-    ) as cluster:
-        token_auth = (
-            cluster.api("GET", "/api/authentication_mode", auth=False),
-            auth_rejected(cluster),
-        )
-        data = upload(cluster, dataset, "dataset")
-        run = cluster.s3_uri(BUCKET, "run")
-        pipeline = ("jobs/pipeline.py", "--profile", "tiny", "--data", data, "--out", run)
-        job = submit(cluster, *pipeline)
-        before = keys(cluster, "run/")
-        rerun = submit(cluster, *pipeline)  # a resubmission of the finished pipeline
-        parts = sorted(key for key in before if key.startswith("run/predictions/part-"))
-        yield {
-            "job": job,
-            "rerun": rerun,
-            "before": before,
-            "after": keys(cluster, "run/"),
-            "token_auth": token_auth,
-            "history": json.loads(read_object(cluster, "run/models/custom_cnn/history.json")),
-            "manifest": read_parquet(cluster, ["run/manifest.parquet"]),
-            "predictions": read_parquet(cluster, parts),
-        }
-    # Teardown stopped exactly what the cluster started.
-    assert cluster.leftovers == [] and not any(record.alive() for record in cluster.processes)
+    token_auth = (
+        cluster.api("GET", "/api/authentication_mode", auth=False),
+        auth_rejected(cluster),
+    )
+    data = upload(cluster, dataset, "dataset")
+    run = cluster.s3_uri(BUCKET, "run")
+    pipeline = ("python", "jobs/pipeline.py", "--profile", "tiny", "--data", data, "--out", run)
+    job = submit(cluster, *pipeline)
+    before = keys(cluster, "run/")
+    rerun = submit(cluster, *pipeline)  # a resubmission of the finished pipeline
+    parts = sorted(key for key in before if key.startswith("run/predictions/part-"))
+    return {
+        "job": job,
+        "rerun": rerun,
+        "before": before,
+        "after": keys(cluster, "run/"),
+        "token_auth": token_auth,
+        "history": json.loads(read_object(cluster, "run/models/custom_cnn/history.json")),
+        "manifest": read_parquet(cluster, ["run/manifest.parquet"]),
+        "predictions": read_parquet(cluster, parts),
+    }
 
 
 def test_the_cluster_requires_its_token(cluster_run):
@@ -176,3 +218,111 @@ def test_a_resubmitted_pipeline_reuses_its_models_and_adds_no_row(cluster_run):
     assert {key: cluster_run["after"][key] for key in kept} == {
         key: cluster_run["before"][key] for key in kept
     }
+
+
+# Node loss: after the pipeline's tests, on the same cluster.
+
+
+def wait_for(found, what: str, timeout: float = 400.0):
+    """Poll `found()` until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := found():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"no {what} after {timeout:.0f} s")
+
+
+def lose_and_replace_node(cluster: LoopbackCluster) -> None:
+    """Kill every process of the newest worker node, then start a replacement with its
+    resources (each test loses the node the one before it added)."""
+    newest = len(cluster.node_resources) - 1
+    assert cluster.kill_node(newest), "the node had no process to kill"
+    cluster.add_node(cluster.node_resources[newest])
+
+
+@pytest.fixture(scope="module")
+def prepared(cluster, tmp_path_factory):
+    root = tmp_path_factory.mktemp("node-loss-run")
+    dataset = make_dataset(root / "dataset", n=160)
+    run = root / "run"
+    submit(cluster, "python", "jobs/prepare.py", "--data", str(dataset), "--out", str(run),
+           "--image-size", "32")  # fmt: skip
+    return run
+
+
+def latest_history(run: Path) -> list[dict] | None:
+    """The epoch history of the newest checkpoint of the training run, if any."""
+    checkpoints = sorted((run / "ray" / "custom_cnn").glob("checkpoint_*/history.json"))
+    try:
+        return json.loads(checkpoints[-1].read_text()) if checkpoints else None
+    except (OSError, json.JSONDecodeError):  # being written
+        return None
+
+
+def history_of_at_least(run: Path, epochs: int) -> list[dict] | None:
+    history = latest_history(run)
+    return history if history and len(history) >= epochs else None
+
+
+def test_training_survives_a_lost_node_from_its_last_checkpoint(cluster, prepared):
+    job = Submitted(
+        cluster, "python", "jobs/train.py", str(prepared), "--model", "custom_cnn",
+        "--workers", "2", "--epochs", str(EPOCHS), "--batch-size", "16", "--name", "custom_cnn",
+        "--hparams", json.dumps({"filters": [4, 8], "kernel_size": 3, "dense_units": [16]}),
+    )  # fmt: skip
+    job.start()
+    # Two checkpoints on disk: the first was registered by Ray Train before the loss (the
+    # newest may be on disk only, and a restart then resumes from the one before).
+    before = wait_for(lambda: history_of_at_least(prepared, 2), "second checkpoint")
+    lose_and_replace_node(cluster)
+    job.join()
+
+    assert job.result.status == "SUCCEEDED", job.result.logs[-4000:]
+    assert len(before) < EPOCHS, "training ended before the node was lost"
+    history = json.loads((prepared / "models" / "custom_cnn" / "history.json").read_text())
+    assert [epoch["epoch"] for epoch in history] == list(range(1, EPOCHS + 1))
+    # The epochs before the loss are a checkpoint's own (their timings too): resumed, not
+    # trained again from scratch.
+    assert history[: len(before) - 1] == before[:-1]
+    assert {epoch["workers"] for epoch in history} == {2}
+
+
+def archive_of(run: Path, n: int) -> Path:
+    """A folder of `n` posters, hard links to the run's own: enough parts that the node
+    is lost while most are still to do."""
+    posters = sorted(pq.read_table(run / "manifest.parquet", columns=["path"]).column(0))
+    archive = run.parent / "archive"
+    archive.mkdir()
+    for i in range(n):
+        os.link(posters[i % len(posters)].as_py(), archive / f"tt{i:07d}.jpg")
+    return archive
+
+
+def test_bulk_inference_survives_a_lost_node_with_one_row_per_input(cluster, prepared):
+    bundle = prepared / "models" / "custom_cnn" / "bundle"
+    if not bundle.is_dir():
+        pytest.skip("needs the bundle of the training test")
+    archive, output = archive_of(prepared, ARCHIVE), prepared / "predictions"
+    infer = (
+        "from poster_ray.infer import run_inference; "
+        f"run_inference({str(bundle)!r}, {str(archive)!r}, "
+        f"{str(output)!r}, workers=2, batch_size=4, chunk_size={CHUNK})"
+    )
+    job = Submitted(cluster, "python", "-c", infer)
+    job.start()
+    wait_for(lambda: list(output.glob("part-*.parquet")), "committed part")
+    parts_before = len(list(output.glob("part-*.parquet")))
+    lose_and_replace_node(cluster)
+    job.join()
+
+    assert job.result.status == "SUCCEEDED", job.result.logs[-4000:]
+    expected = ARCHIVE // CHUNK
+    assert parts_before < expected, "inference ended before the node was lost"
+    parts = sorted(output.glob("part-*.parquet"))
+    assert [part.name for part in parts] == [f"part-{i:06d}.parquet" for i in range(expected)]
+    rows = pq.read_table(parts).column("path").to_pylist()
+    inputs = sorted(str(path) for path in archive.iterdir())
+    assert len(rows) == len(set(rows)) == ARCHIVE
+    assert sorted(rows) == inputs
+    assert not list(output.glob("_tmp/*")), "a part left uncommitted"
