@@ -24,7 +24,12 @@ from poster_ray.config import (
     TrainConfig,
     TuneSettings,
 )
-from poster_ray.errors import INTERRUPT_STATUSES, PosterRayError, interrupt_exit_code
+from poster_ray.errors import (
+    INTERRUPT_STATUSES,
+    PosterRayError,
+    interrupt_behind,
+    interrupt_exit_code,
+)
 from poster_ray.layout import COMPARISON_FILE, ModelDir, RunDir
 from poster_ray.options import OneLineParser, SettingsOptions
 from poster_ray.pipeline import PROFILES
@@ -309,11 +314,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"poster-ray: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt as interrupt:
-        left = INTERRUPTED.get(args.command, NOTHING_WRITTEN)
-        print(f"poster-ray: interrupted: {left}", file=sys.stderr, flush=True)
-        shut_down_ray()
-        return interrupt_exit_code(interrupt)
+        return stopped(args.command, interrupt)
+    except Exception as error:
+        if (interrupt := interrupt_behind(error)) is None:
+            raise
+        return stopped(args.command, interrupt)
     return 0
+
+
+def stopped(command: str, interrupt: KeyboardInterrupt) -> int:
+    """The one line of an interrupted command, its Ray shut down; its exit status."""
+    left = INTERRUPTED.get(command, NOTHING_WRITTEN)
+    print(f"poster-ray: interrupted: {left}", file=sys.stderr, flush=True)
+    shut_down_ray()
+    return interrupt_exit_code(interrupt)
 
 
 def shut_down_ray() -> None:

@@ -37,3 +37,16 @@ def interrupt_exit_code(error: KeyboardInterrupt) -> int:
     """130 for Ctrl-C (SIGINT), 143 for SIGTERM: what a shell reports for each signal."""
     number = signal.SIGTERM if isinstance(error, Terminated) else signal.SIGINT
     return 128 + int(number)
+
+
+def interrupt_behind(error: BaseException) -> KeyboardInterrupt | None:
+    """The interrupt `error` was raised while handling, if any: a library's clean-up that
+    fails as Ctrl-C unwinds it (Ray Data closing its executor, say) replaces the
+    KeyboardInterrupt with its own error, and the user still pressed Ctrl-C."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return error
+        seen.add(id(error))
+        error = error.__context__
+    return None

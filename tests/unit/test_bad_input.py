@@ -232,6 +232,29 @@ def test_an_interrupt_is_one_line_saying_what_was_kept(monkeypatch, capsys, inte
     assert capsys.readouterr().err == f"poster-ray: interrupted: {INTERRUPTED['train']}\n"
 
 
+def test_an_error_raised_while_an_interrupt_unwinds_is_the_interrupt(monkeypatch, capsys):
+    """A library's clean-up that fails as Ctrl-C unwinds it: the user still stopped it."""
+
+    def clean_up_fails(args):
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise RuntimeError("executor already shut down")
+
+    monkeypatch.setattr(cli, "cmd_infer", clean_up_fails)
+    assert main(["infer", "B", "--input", "I", "--output", "O"]) == 130
+    assert capsys.readouterr().err == f"poster-ray: interrupted: {INTERRUPTED['infer']}\n"
+
+
+def test_an_error_with_no_interrupt_behind_it_is_not_one(monkeypatch):
+    def fails(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_infer", fails)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["infer", "B", "--input", "I", "--output", "O"])
+
+
 def test_a_failed_run_exits_1(monkeypatch, capsys):
     def fails(args):
         raise RunFailure("the disk is full")
