@@ -1,7 +1,7 @@
 """The quick pipeline as a submitted job on a 2-node loopback cluster, on the real data.
 
 A head and a second raylet on this machine (2 CPUs each, token authentication on) and a
-local S3 server (moto), as in tests/test_multinode.py; `ray job submit --working-dir .`
+local S3 server (moto), as in tests/cluster/test_multinode.py; `ray job submit --working-dir .`
 of `jobs/pipeline.py --profile quick`, first with the run directory on a local absolute
 path (both nodes see this machine's disk, as they would a shared mount), then in the
 bucket. Records each job's status, wall time (submission to end) and last lines.

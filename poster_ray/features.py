@@ -21,6 +21,7 @@ from poster_ray.data.context import all_cpus_to_one_operator
 from poster_ray.data.tables import read_table
 from poster_ray.layout import RunDir
 from poster_ray.progress import counted_progress
+from poster_ray.resources import TASK_CPUS
 from poster_ray.storage import Location
 
 FEATURES_MARKER = "_features.json"  # written last: the cache is complete
@@ -34,10 +35,10 @@ class FeatureCache:
     location: Location
     dims: int
 
-    def split(self, split: str) -> ray.data.Dataset:
-        """One split's `features` and `labels`."""
+    def split(self, split: str, task_cpus: float = TASK_CPUS) -> ray.data.Dataset:
+        """One split's `features` and `labels`, read by tasks of `task_cpus` each."""
         return read_cached_arrays(
-            self.location / f"split={split}", "features", FEATURES_DTYPE, (self.dims,)
+            self.location / f"split={split}", "features", FEATURES_DTYPE, (self.dims,), task_cpus
         )
 
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:

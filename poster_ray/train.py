@@ -56,6 +56,7 @@ __all__ = [
     "train",
 ]
 SHUFFLE_BLOCK_ROWS = 32  # posters per block of a training shard: the unit of block shuffling
+BLOCKS_PER_SHARE = 4  # at least, so that shares of a small split differ by little
 
 
 def train(run: RunDir, name: str, config: TrainConfig) -> Location:
@@ -181,8 +182,8 @@ class TrainingData:
     (a tuning experiment's trials too): the materialized datasets and their sizes."""
 
     datasets: dict[str, ray.data.Dataset]
-    train_rows: int  # in each worker's share
-    val_rows: int  # in each worker's share
+    train_rows: int  # in the smallest worker's share: what each worker takes per epoch
+    val_rows: int  # in the smallest worker's share
     inputs: ModelInputs
     loss_weights: list[float]  # positive weight per genre, from the training split
 
@@ -191,11 +192,17 @@ class TrainingData:
         return len(self.datasets) // 2  # a train and a val share per worker
 
 
-def load_training_data(run: RunDir, config: TrainConfig, features: bool = True) -> TrainingData:
+def load_training_data(
+    run: RunDir, config: TrainConfig, features: bool = True, groups: int = 1
+) -> TrainingData:
     """Decoded posters at the model's input size, or, for a transfer model's head (with
-    `features`), its backbone's cached features."""
+    `features`), its backbone's cached features.
+
+    The tasks that read them ask for what `config`'s placed workers (`groups` runs of
+    them) leave on a node: a block lost with its node is rebuilt while they train."""
     cache = feature_cache(run, config) if features else None
     size = input_size(run, config)
+    task_cpus = worker_plan(config, groups).task_cpus
     if cache is None:
         ensure_decoded(run, size)
     # Datasets carry the context they were made in: no iteration progress bars in the
@@ -204,19 +211,25 @@ def load_training_data(run: RunDir, config: TrainConfig, features: bool = True) 
     with without_progress_bars(), ordered_execution():
         if cache is not None:
             inputs, shape = "features", (cache.dims,)
-            train_split, val_split = cache.split("train"), cache.split("val")
+            train_split = cache.split("train", task_cpus)
+            val_split = cache.split("val", task_cpus)
         else:
             inputs, shape = "image", (size, size, 3)
-            train_split = load_split(run, "train", image_size=size)
-            val_split = load_split(run, "val", image_size=size)
+            train_split = load_split(run, "train", size, task_cpus)
+            val_split = load_split(run, "val", size, task_cpus)
         datasets = worker_datasets(train_split, val_split, config.workers)
     return TrainingData(
         datasets=datasets,
-        train_rows=datasets[worker_dataset_name("train", 0)].count(),
-        val_rows=datasets[worker_dataset_name("val", 0)].count(),
+        train_rows=smallest_share(datasets, "train", config.workers),
+        val_rows=smallest_share(datasets, "val", config.workers),
         inputs=ModelInputs(inputs, shape, len(run.load_genres())),
         loss_weights=positive_weights(train_labels(run)),
     )
+
+
+def smallest_share(datasets: dict[str, ray.data.Dataset], split: str, workers: int) -> int:
+    """Rows of the split's smallest worker share: what every worker takes per epoch."""
+    return min(datasets[worker_dataset_name(split, rank)].count() for rank in range(workers))
 
 
 def feature_cache(run: RunDir, config: TrainConfig) -> FeatureCache | None:
@@ -304,10 +317,10 @@ def check_batch_covers_workers(config: TrainConfig) -> None:
         )
 
 
-def place_workers(config: TrainConfig, groups: int = 1) -> TrainConfig:
-    """`config` with its worker count and CPUs per worker fixed from the cluster's nodes
-    (`groups` runs at once share them: tuning trials)."""
-    plan = resources.plan_workers(
+def worker_plan(config: TrainConfig, groups: int = 1) -> resources.WorkerPlan:
+    """The plan of `config`'s workers on the cluster's nodes (`groups` runs at once share
+    them: tuning trials)."""
+    return resources.plan_workers(
         resources.alive_nodes(),
         "training",
         workers=config.workers,
@@ -315,6 +328,11 @@ def place_workers(config: TrainConfig, groups: int = 1) -> TrainConfig:
         cpus_per_worker=config.cpus_per_worker,
         groups=groups,
     )
+
+
+def place_workers(config: TrainConfig, groups: int = 1) -> TrainConfig:
+    """`config` with its worker count and CPUs per worker fixed from the cluster's nodes."""
+    plan = worker_plan(config, groups)
     placed = replace(config, workers=plan.workers, cpus_per_worker=plan.cpus_per_worker)
     check_batch_covers_workers(placed)
     return placed
@@ -346,30 +364,40 @@ def check_model_builds(run: RunDir, config: TrainConfig) -> None:
 def worker_datasets(
     train: ray.data.Dataset, val: ray.data.Dataset, workers: int, seed: int = 0
 ) -> dict[str, ray.data.Dataset]:
-    """Each worker's own equal share of the training and the validation split.
+    """Each worker's own share of the training and the validation split.
 
     Each split is read from the cache once and materialized (in Ray's object store,
     spilling to disk when full): every epoch re-executing the read pipeline cost 7-17 s
-    per pass on 2 cores. Then it is split into `workers` equal shares of its blocks,
-    without reading it again; a worker copies its share into its own memory when it fits
-    and shuffles all of it every epoch, otherwise each epoch streams the share's blocks
-    (SHUFFLE_BLOCK_ROWS rows each) in a new random order through a local shuffle buffer
+    per pass on 2 cores. Its blocks (of at most SHUFFLE_BLOCK_ROWS rows, at least
+    BLOCKS_PER_SHARE per worker) are then dealt out to the `workers` without reading
+    them again; shares differ by at most a block, and every worker takes as many batches
+    per epoch as the smallest holds (step_counts). A worker copies its share into its own
+    memory when it fits and shuffles all of it every epoch, otherwise each epoch streams
+    the share's blocks in a new random order through a local shuffle buffer
     (train_worker). Keras sums the validation metrics of the shares, so each epoch
-    validates once in all. No streaming_split: its lockstep epochs deadlocked when one
+    validates once in all.
+
+    Dealing whole blocks runs no task: a block lost with its node is rebuilt by running
+    its read tasks again, which ask only for what the workers leave (Ray Data's equal
+    split cuts blocks in tasks of 1 CPU, which would wait forever behind workers that
+    fill their nodes). No streaming_split: its lockstep epochs deadlocked when one
     worker's tf.data prefetch ran an epoch ahead.
     """
-    train_shares = (
-        train.repartition(target_num_rows_per_block=SHUFFLE_BLOCK_ROWS)
-        .materialize()
-        .split(workers, equal=True)
-    )
-    val_shares = val.materialize().split(workers, equal=True)
+    train_shares = split_into_shares(train, workers)
+    val_shares = split_into_shares(val, workers)
     datasets = {}
     for rank, (train_share, val_share) in enumerate(zip(train_shares, val_shares, strict=True)):
         order = ray.data.RandomSeedConfig(seed=seed + rank, reseed_after_execution=True)
         datasets[worker_dataset_name("train", rank)] = train_share.randomize_block_order(seed=order)
         datasets[worker_dataset_name("val", rank)] = val_share
     return datasets
+
+
+def split_into_shares(split: ray.data.Dataset, workers: int) -> list[ray.data.Dataset]:
+    """`workers` shares of the split's blocks, materialized once and dealt out whole."""
+    rows_per_block = max(1, min(SHUFFLE_BLOCK_ROWS, split.count() // (workers * BLOCKS_PER_SHARE)))
+    materialized = split.repartition(target_num_rows_per_block=rows_per_block).materialize()
+    return materialized.split(workers)
 
 
 def step_counts(data: TrainingData, config: TrainConfig) -> dict[str, Steps]:

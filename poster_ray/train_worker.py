@@ -135,9 +135,7 @@ def train_loop_per_worker(train_loop_config: dict) -> None:
         )
         shuffle = split == "train"
         counts = read if shuffle else {}
-        return lambda _: dataset_shard(
-            name, loop.inputs.column, steps.batch, shuffle, in_memory, counts
-        )
+        return lambda _: dataset_shard(name, loop.inputs.column, steps, shuffle, in_memory, counts)
 
     train_data = strategy.distribute_datasets_from_function(
         worker_dataset("train", loop.train_steps)
@@ -181,37 +179,40 @@ def restore_or_build(loop: TrainLoopConfig, precision: str):
     return model, []
 
 
-def dataset_shard(
-    name: str, column: str, batch_size: int, shuffle: bool, in_memory: bool, read: dict
-):
+def dataset_shard(name: str, column: str, steps: Steps, shuffle: bool, in_memory: bool, read: dict):
     """This worker's shard of a split as an endless tf.data.Dataset of (inputs, labels).
 
     Keras needs fixed step counts for distributed datasets and then keeps one iterator
     across epochs, so the shard repeats; drop_last keeps batch shapes fixed on every
-    worker. `in_memory` copies the shard into this process once and shuffles all of it
-    every pass, as plain Keras does with arrays, and counts the rows and bytes it copied
-    into `read`; otherwise each pass streams it from Ray's object store (a new Ray Data
-    epoch: blocks in a new order, then a local shuffle buffer), which cost about 15% of
-    training speed on 2 cores.
+    worker. A training shard repeats whole (an epoch takes `steps` batches of it, the
+    smallest share's worth), a validation shard its first `steps` batches, so that every
+    epoch validates on the same posters. `in_memory` copies the shard into this process
+    once and shuffles all of it every pass, as plain Keras does with arrays, and counts
+    the rows and bytes it copied into `read`; otherwise each pass streams it from Ray's
+    object store (a new Ray Data epoch: blocks in a new order, then a local shuffle
+    buffer), which cost about 15% of training speed on 2 cores.
     """
     from ray.train.tensorflow import prepare_dataset_shard
 
     shard = ray.train.get_dataset_shard(name)
     if in_memory:
-        return prepare_dataset_shard(arrays_dataset(shard, column, batch_size, shuffle, read))
-    batches = shard.to_tf(
-        column,
-        "labels",
-        batch_size=batch_size,
-        drop_last=True,
-        local_shuffle_buffer_size=SHUFFLE_BUFFER if shuffle else None,
-    )
-    return prepare_dataset_shard(batches).repeat()
+        batches = arrays_dataset(shard, column, steps.batch, shuffle, read)
+    else:
+        batches = shard.to_tf(
+            column,
+            "labels",
+            batch_size=steps.batch,
+            drop_last=True,
+            local_shuffle_buffer_size=SHUFFLE_BUFFER if shuffle else None,
+        )
+    one_pass = batches if shuffle else batches.take(steps.steps)
+    return prepare_dataset_shard(one_pass).repeat()
 
 
 def arrays_dataset(shard, column: str, batch_size: int, shuffle: bool, read: dict | None = None):
     """The shard read once into two tensors; each pass gathers batches of a new
-    permutation of their rows (only the indices are shuffled, never the images)."""
+    permutation of their rows (only the indices are shuffled, never the images). One
+    pass: dataset_shard repeats it."""
     from poster_ray.tf_import import tf
 
     blocks = list(shard.iter_batches(batch_size=None, batch_format="numpy"))
@@ -226,7 +227,7 @@ def arrays_dataset(shard, column: str, batch_size: int, shuffle: bool, read: dic
     batches = rows.batch(batch_size, drop_remainder=True).map(
         lambda index: (tf.gather(inputs, index), tf.gather(labels, index))
     )
-    return batches.repeat().prefetch(tf.data.AUTOTUNE)
+    return batches.prefetch(tf.data.AUTOTUNE)
 
 
 def reads_from_memory(forced: bool | None, shard_bytes: int, workers_on_node: int) -> bool:

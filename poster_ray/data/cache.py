@@ -21,6 +21,7 @@ from poster_ray.errors import PosterRayError
 from poster_ray.images import decode_files, pack_images
 from poster_ray.layout import RunDir
 from poster_ray.progress import counted_progress
+from poster_ray.resources import TASK_CPUS
 from poster_ray.runtime import init_ray
 from poster_ray.storage import Location
 
@@ -96,13 +97,17 @@ def ensure_decoded(run: RunDir, image_size: int) -> None:
 # ---------------------------------------------------------------- reading it
 
 
-def load_split(run: RunDir, split: str, image_size: int | None = None) -> ray.data.Dataset:
+def load_split(
+    run: RunDir, split: str, image_size: int | None = None, task_cpus: float = TASK_CPUS
+) -> ray.data.Dataset:
     """One split's decoded posters from the cache: `image` (uint8 HxWx3) and `labels`.
 
     `image_size` defaults to the run's own; another size is decoded first if need be.
+    Its read tasks ask for `task_cpus` each (read_cached_arrays).
     """
     spec = decoded_spec(run, image_size)
-    return read_cached_arrays(run.cache_split(split, spec.image_size), "image", "uint8", spec.shape)
+    location = run.cache_split(split, spec.image_size)
+    return read_cached_arrays(location, "image", "uint8", spec.shape, task_cpus)
 
 
 def read_cached_arrays(
@@ -110,17 +115,27 @@ def read_cached_arrays(
     column: str,
     dtype: str,
     shape: tuple[int, ...],
+    task_cpus: float = TASK_CPUS,
 ) -> ray.data.Dataset:
-    """A cache's usable rows as a Ray Dataset of `column` (arrays) and `labels`."""
+    """A cache's usable rows as a Ray Dataset of `column` (arrays) and `labels`.
+
+    Its tasks ask for `task_cpus` each: a block of a materialized split lost with its
+    node is rebuilt by running its tasks again while the training workers hold their
+    CPUs, so the tasks that feed workers ask for what the workers leave on a node."""
     from ray.data.expressions import col
 
     return (
-        ray.data.read_parquet(location.uri, columns=[column, "labels", "error"])
-        .filter(expr=col("error") == "")
+        ray.data.read_parquet(
+            location.uri,
+            columns=[column, "labels", "error"],
+            ray_remote_args={"num_cpus": task_cpus},
+        )
+        .filter(expr=col("error") == "", num_cpus=task_cpus)
         .map_batches(
             _unpack_batch,
             fn_kwargs={"column": column, "dtype": dtype, "shape": shape},
             batch_size=64,
+            num_cpus=task_cpus,
         )
     )
 

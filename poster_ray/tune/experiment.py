@@ -72,7 +72,7 @@ def tune_model(
         return run.model(name).root
     # Trials at once share the nodes, or they would queue.
     base = train.place_workers(base, groups=settings.concurrency)
-    data = train.load_training_data(run, base)
+    data = train.load_training_data(run, base, groups=settings.concurrency)
     space = space_for_data(base.model, data.train_rows * base.workers)
     for point in start_points:
         check_in_space(space, point)

@@ -31,6 +31,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -44,9 +45,11 @@ from synthetic import make_dataset, make_poster
 from poster_ray.runtime import PROCESS_ENV
 
 BUCKET = "poster-ray"
-# The node-loss tests: training epochs, inference files per committed part, posters to
-# infer (hard links: 100 parts, so the node is lost while most are still to do).
+# The node-loss tests: training epochs (of about 2 s at 64 px), the wait for Ray Train to
+# register a checkpoint, inference files per committed part, posters to infer (hard
+# links: 100 parts, so the node is lost while most are still to do).
 EPOCHS = 6
+REGISTERED_AFTER_S = 5.0
 CHUNK = 16
 ARCHIVE = 1600
 
@@ -247,7 +250,7 @@ def prepared(cluster, tmp_path_factory):
     dataset = make_dataset(root / "dataset", n=160)
     run = root / "run"
     submit(cluster, "python", "jobs/prepare.py", "--data", str(dataset), "--out", str(run),
-           "--image-size", "32")  # fmt: skip
+           "--image-size", "64")  # fmt: skip
     return run
 
 
@@ -272,8 +275,11 @@ def test_training_survives_a_lost_node_from_its_last_checkpoint(cluster, prepare
         "--hparams", json.dumps({"filters": [4, 8], "kernel_size": 3, "dense_units": [16]}),
     )  # fmt: skip
     job.start()
-    # Two checkpoints on disk: the first was registered by Ray Train before the loss (the
-    # newest may be on disk only, and a restart then resumes from the one before).
+    # Ray Train's controller takes in the workers' reports (and so their checkpoints) at
+    # its health checks, every 2 s: the loss comes a few seconds after the first
+    # checkpoint, so that one at least is the run's own, and with two on disk.
+    wait_for(lambda: history_of_at_least(prepared, 1), "first checkpoint")
+    time.sleep(REGISTERED_AFTER_S)
     before = wait_for(lambda: history_of_at_least(prepared, 2), "second checkpoint")
     lose_and_replace_node(cluster)
     job.join()
@@ -282,20 +288,23 @@ def test_training_survives_a_lost_node_from_its_last_checkpoint(cluster, prepare
     assert len(before) < EPOCHS, "training ended before the node was lost"
     history = json.loads((prepared / "models" / "custom_cnn" / "history.json").read_text())
     assert [epoch["epoch"] for epoch in history] == list(range(1, EPOCHS + 1))
-    # The epochs before the loss are a checkpoint's own (their timings too): resumed, not
-    # trained again from scratch.
-    assert history[: len(before) - 1] == before[:-1]
+    # Resumed from a checkpoint taken before the loss, not trained again from scratch:
+    # the epochs up to it are that checkpoint's own (their timings too).
+    resumed = re.search(r"resuming after epoch (\d+)/", job.result.logs)
+    assert resumed, job.result.logs[-4000:]
+    kept = int(resumed.group(1))
+    assert 1 <= kept <= len(before) and history[:kept] == before[:kept]
     assert {epoch["workers"] for epoch in history} == {2}
 
 
 def archive_of(run: Path, n: int) -> Path:
     """A folder of `n` posters, hard links to the run's own: enough parts that the node
     is lost while most are still to do."""
-    posters = sorted(pq.read_table(run / "manifest.parquet", columns=["path"]).column(0))
+    posters = sorted(pq.read_table(run / "manifest.parquet", columns=["path"])["path"].to_pylist())
     archive = run.parent / "archive"
     archive.mkdir()
     for i in range(n):
-        os.link(posters[i % len(posters)].as_py(), archive / f"tt{i:07d}.jpg")
+        os.link(posters[i % len(posters)], archive / f"tt{i:07d}.jpg")
     return archive
 
 
