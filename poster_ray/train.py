@@ -20,7 +20,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from poster_ray import export, models, resources
 from poster_ray.bundle import FORMAT_VERSION, INFO_FILE, bundle_info
 from poster_ray.config import MONITORS, TrainConfig
-from poster_ray.data.cache import ensure_decoded, load_split, train_labels
+from poster_ray.data.cache import ensure_decoded, load_split, split_sizes, train_labels
 from poster_ray.data.context import ordered_execution
 from poster_ray.errors import PosterRayError
 from poster_ray.features import FeatureCache, ensure_features
@@ -217,7 +217,10 @@ def load_training_data(
             inputs, shape = "image", (size, size, 3)
             train_split = load_split(run, "train", size, task_cpus)
             val_split = load_split(run, "val", size, task_cpus)
-        datasets = worker_datasets(train_split, val_split, config.workers)
+        sizes = split_sizes(run)
+        datasets = worker_datasets(
+            train_split, val_split, config.workers, sizes["train"], sizes["val"]
+        )
     return TrainingData(
         datasets=datasets,
         train_rows=smallest_share(datasets, "train", config.workers),
@@ -362,20 +365,26 @@ def check_model_builds(run: RunDir, config: TrainConfig) -> None:
 
 
 def worker_datasets(
-    train: ray.data.Dataset, val: ray.data.Dataset, workers: int, seed: int = 0
+    train: ray.data.Dataset,
+    val: ray.data.Dataset,
+    workers: int,
+    train_rows: int,
+    val_rows: int,
+    seed: int = 0,
 ) -> dict[str, ray.data.Dataset]:
     """Each worker's own share of the training and the validation split.
 
     Each split is read from the cache once and materialized (in Ray's object store,
     spilling to disk when full): every epoch re-executing the read pipeline cost 7-17 s
     per pass on 2 cores. Its blocks (of at most SHUFFLE_BLOCK_ROWS rows, at least
-    BLOCKS_PER_SHARE per worker) are then dealt out to the `workers` without reading
-    them again; shares differ by at most a block, and every worker takes as many batches
-    per epoch as the smallest holds (step_counts). A worker copies its share into its own
-    memory when it fits and shuffles all of it every epoch, otherwise each epoch streams
-    the share's blocks in a new random order through a local shuffle buffer
-    (train_worker). Keras sums the validation metrics of the shares, so each epoch
-    validates once in all.
+    BLOCKS_PER_SHARE per worker for splits of `train_rows` and `val_rows` posters) are
+    then dealt out to the `workers` without reading them again; shares hold as many
+    blocks give or take one (a cache file's last block may be shorter), and every worker
+    takes as many batches per epoch as the smallest share holds (step_counts). A worker
+    copies its share into its own memory when it fits and shuffles all of it every epoch,
+    otherwise each epoch streams the share's blocks in a new random order through a local
+    shuffle buffer (train_worker). Keras sums the validation metrics of the shares, so
+    each epoch validates once in all.
 
     Dealing whole blocks runs no task: a block lost with its node is rebuilt by running
     its read tasks again, which ask only for what the workers leave (Ray Data's equal
@@ -383,8 +392,8 @@ def worker_datasets(
     fill their nodes). No streaming_split: its lockstep epochs deadlocked when one
     worker's tf.data prefetch ran an epoch ahead.
     """
-    train_shares = split_into_shares(train, workers)
-    val_shares = split_into_shares(val, workers)
+    train_shares = split_into_shares(train, workers, train_rows)
+    val_shares = split_into_shares(val, workers, val_rows)
     datasets = {}
     for rank, (train_share, val_share) in enumerate(zip(train_shares, val_shares, strict=True)):
         order = ray.data.RandomSeedConfig(seed=seed + rank, reseed_after_execution=True)
@@ -393,9 +402,10 @@ def worker_datasets(
     return datasets
 
 
-def split_into_shares(split: ray.data.Dataset, workers: int) -> list[ray.data.Dataset]:
-    """`workers` shares of the split's blocks, materialized once and dealt out whole."""
-    rows_per_block = max(1, min(SHUFFLE_BLOCK_ROWS, split.count() // (workers * BLOCKS_PER_SHARE)))
+def split_into_shares(split: ray.data.Dataset, workers: int, rows: int) -> list[ray.data.Dataset]:
+    """`workers` shares of the split's blocks (of about `rows` rows in all), materialized
+    once and dealt out whole."""
+    rows_per_block = max(1, min(SHUFFLE_BLOCK_ROWS, rows // (workers * BLOCKS_PER_SHARE)))
     materialized = split.repartition(target_num_rows_per_block=rows_per_block).materialize()
     return materialized.split(workers)
 

@@ -174,3 +174,8 @@ def train_labels(run: RunDir) -> np.ndarray:
     weights learn from."""
     manifest = read_table(run.manifest, ["split", "labels"])
     return np.stack(manifest.loc[manifest["split"] == "train", "labels"].to_numpy())
+
+
+def split_sizes(run: RunDir) -> dict[str, int]:
+    """Posters per split, from the manifest (a split's cache holds at most these)."""
+    return read_table(run.manifest, ["split"])["split"].value_counts().to_dict()
