@@ -323,29 +323,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def stopped(command: str, interrupt: KeyboardInterrupt) -> int:
-    """The one line of an interrupted command, its Ray shut down; its exit status."""
+    """The one line of an interrupted command; its exit status."""
     left = INTERRUPTED.get(command, NOTHING_WRITTEN)
     print(f"poster-ray: interrupted: {left}", file=sys.stderr, flush=True)
-    shut_down_ray()
     return interrupt_exit_code(interrupt)
-
-
-def shut_down_ray() -> None:
-    """Shut the run's Ray down before the process exits, so that an interrupted command
-    ends its processes as it ends (the reaper is the fallback when it cannot)."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
 
 
 def run() -> None:
     """The `poster-ray` command: main's status as the process's exit status.
 
-    After an interrupt, with Ray already shut down, the process ends at once with its
-    status (130 or 143): the interpreter's own exit after a Ctrl-C inside a Ray Data
-    run still reported 1 (measured, cause not found), which a shell would read as a
-    failed run."""
+    After an interrupt the process ends at once with its status (130 or 143), without
+    `ray.shutdown()`: the interrupt stops the main thread while Ray Data's threads still
+    run, and one that touches Ray after the shutdown makes Ray's core worker end the
+    process with status 1 ("The core worker has already been shutdown ... The process
+    will exit"; one stop in two on a loaded machine). The run's Ray ends with the
+    process: its GCS and raylet by the kernel's fate sharing, the rest by the reaper
+    (runtime.start_reaper), and a cluster's Ray drops a dead driver's job."""
     status = main()
     if status in INTERRUPT_STATUSES:
         sys.stdout.flush()

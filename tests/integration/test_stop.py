@@ -111,7 +111,9 @@ def holders(port: int) -> list[str]:
 
 
 def assert_nothing_left(started: set[Process], ports: dict[int, str]) -> None:
-    assert wait_until(lambda: not running(started), timeout=10), [
+    # The reaper ends them within its poll and grace period (3.5 s), given the CPU: on a
+    # machine loaded by the rest of the suite one still ran after 10 s.
+    assert wait_until(lambda: not running(started), timeout=30), [
         command_line(process)[:60] for process in running(started)
     ]
     # Another program may listen on one of these port numbers now, but not on the same
@@ -139,13 +141,7 @@ def test_kill_9_of_the_driver_leaves_no_process_and_no_port(job_argv, tmp_path, 
     ("stop", "status"),
     [
         (lambda driver: os.kill(driver.pid, signal.SIGINT), 130),  # Ctrl-C, to the driver
-        pytest.param(
-            lambda driver: os.kill(driver.pid, signal.SIGTERM),
-            143,
-            # Open: under `make test`'s two processes the driver once exited 1, not 143,
-            # with its one line; the cause is not found yet (see the README).
-            marks=pytest.mark.xfail(reason="SIGTERM's exit status was once 1", strict=False),
-        ),
+        (lambda driver: os.kill(driver.pid, signal.SIGTERM), 143),
     ],
     ids=["ctrl-c", "sigterm"],
 )
