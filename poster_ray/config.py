@@ -207,6 +207,7 @@ class TrainConfig:
         "global one, or auto: whichever cross-validates best on the validation posters",
         choices=THRESHOLD_POLICIES,
     )
+    seed: int = setting(0, "seed of the initial weights, dropout and each epoch's order")
     max_failures: int = setting(2, "restarts of the workers after a failure", minimum=0)
     in_memory: bool | None = setting(
         None,

@@ -16,7 +16,7 @@ import ray
 from ray.actor import ActorHandle
 
 from poster_ray import resources
-from poster_ray.data.cache import ensure_decoded, read_cached_arrays, unpack_arrays
+from poster_ray.data.cache import BLOCK_ROWS, ensure_decoded, read_cached_arrays, unpack_arrays
 from poster_ray.data.context import all_cpus_to_one_operator
 from poster_ray.data.tables import read_table
 from poster_ray.layout import RunDir
@@ -35,10 +35,14 @@ class FeatureCache:
     location: Location
     dims: int
 
-    def split(self, split: str, task_cpus: float = TASK_CPUS) -> ray.data.Dataset:
-        """One split's `features` and `labels`, read by tasks of `task_cpus` each."""
+    def split(
+        self, split: str, task_cpus: float = TASK_CPUS, block_rows: int = BLOCK_ROWS
+    ) -> ray.data.Dataset:
+        """One split's `features` and `labels`, read by tasks of `task_cpus` each into
+        blocks of about `block_rows` rows."""
+        location = self.location / f"split={split}"
         return read_cached_arrays(
-            self.location / f"split={split}", "features", FEATURES_DTYPE, (self.dims,), task_cpus
+            location, "features", FEATURES_DTYPE, (self.dims,), task_cpus, block_rows
         )
 
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -53,7 +53,9 @@ __all__ = [
     "load_training_data",
     "make_trainer",
     "place_workers",
+    "read_training_splits",
     "train",
+    "worker_datasets",
 ]
 SHUFFLE_BLOCK_ROWS = 32  # posters per block of a training shard: the unit of block shuffling
 BLOCKS_PER_SHARE = 4  # at least, so that shares of a small split differ by little
@@ -196,38 +198,51 @@ def load_training_data(
     run: RunDir, config: TrainConfig, features: bool = True, groups: int = 1
 ) -> TrainingData:
     """Decoded posters at the model's input size, or, for a transfer model's head (with
-    `features`), its backbone's cached features.
-
-    The tasks that read them ask for what `config`'s placed workers (`groups` runs of
-    them) leave on a node: a block lost with its node is rebuilt while they train."""
-    cache = feature_cache(run, config) if features else None
-    size = input_size(run, config)
-    task_cpus = worker_plan(config, groups).task_cpus
-    if cache is None:
-        ensure_decoded(run, size)
-    # Datasets carry the context they were made in: no iteration progress bars in the
-    # workers, whose per-epoch lines say more and cost the driver less; blocks in the
-    # cache's order, so each worker gets the same share on every run.
+    `features`), its backbone's cached features, dealt out to `config`'s workers."""
+    splits, inputs = read_training_splits(run, config, features, groups)
     with without_progress_bars(), ordered_execution():
-        if cache is not None:
-            inputs, shape = "features", (cache.dims,)
-            train_split = cache.split("train", task_cpus)
-            val_split = cache.split("val", task_cpus)
-        else:
-            inputs, shape = "image", (size, size, 3)
-            train_split = load_split(run, "train", size, task_cpus)
-            val_split = load_split(run, "val", size, task_cpus)
-        sizes = split_sizes(run)
-        datasets = worker_datasets(
-            train_split, val_split, config.workers, sizes["train"], sizes["val"]
-        )
+        datasets = worker_datasets(splits["train"], splits["val"], config.workers, config.seed)
     return TrainingData(
         datasets=datasets,
         train_rows=smallest_share(datasets, "train", config.workers),
         val_rows=smallest_share(datasets, "val", config.workers),
-        inputs=ModelInputs(inputs, shape, len(run.load_genres())),
+        inputs=inputs,
         loss_weights=positive_weights(train_labels(run)),
     )
+
+
+def read_training_splits(
+    run: RunDir, config: TrainConfig, features: bool = True, groups: int = 1
+) -> tuple[dict[str, ray.data.Dataset], ModelInputs]:
+    """The training and validation splits as datasets not yet executed, and what they
+    hold.
+
+    Their tasks ask for what `config`'s placed workers (`groups` runs of them) leave on
+    a node: a block lost with its node is rebuilt by running them again while the
+    workers train. Their blocks are of share_block_rows rows."""
+    cache = feature_cache(run, config) if features else None
+    size = input_size(run, config)
+    task_cpus = worker_plan(config, groups).task_cpus
+    sizes = split_sizes(run)
+    if cache is None:
+        ensure_decoded(run, size)
+
+    def read(split: str) -> ray.data.Dataset:
+        block_rows = share_block_rows(sizes[split], config.workers)
+        if cache is not None:
+            return cache.split(split, task_cpus, block_rows)
+        return load_split(run, split, size, task_cpus, block_rows)
+
+    # Datasets carry the context they were made in: no iteration progress bars in the
+    # workers, whose per-epoch lines say more and cost the driver less; blocks in the
+    # cache's order, so each worker gets the same share on every run.
+    with without_progress_bars(), ordered_execution():
+        splits = {split: read(split) for split in ("train", "val")}
+    if cache is not None:
+        inputs = ModelInputs("features", (cache.dims,), len(run.load_genres()))
+    else:
+        inputs = ModelInputs("image", (size, size, 3), len(run.load_genres()))
+    return splits, inputs
 
 
 def smallest_share(datasets: dict[str, ray.data.Dataset], split: str, workers: int) -> int:
@@ -365,21 +380,15 @@ def check_model_builds(run: RunDir, config: TrainConfig) -> None:
 
 
 def worker_datasets(
-    train: ray.data.Dataset,
-    val: ray.data.Dataset,
-    workers: int,
-    train_rows: int,
-    val_rows: int,
-    seed: int = 0,
+    train: ray.data.Dataset, val: ray.data.Dataset, workers: int, seed: int = 0
 ) -> dict[str, ray.data.Dataset]:
     """Each worker's own share of the training and the validation split.
 
     Each split is read from the cache once and materialized (in Ray's object store,
     spilling to disk when full): every epoch re-executing the read pipeline cost 7-17 s
-    per pass on 2 cores. Its blocks (of at most SHUFFLE_BLOCK_ROWS rows, at least
-    BLOCKS_PER_SHARE per worker for splits of `train_rows` and `val_rows` posters) are
-    then dealt out to the `workers` without reading them again; shares hold as many
-    blocks give or take one (a cache file's last block may be shorter), and every worker
+    per pass on 2 cores. Its blocks (share_block_rows) are then dealt out to the
+    `workers` without reading them again; shares hold as many blocks give or take one
+    (blocks differ by a read block's rows at most), and every worker
     takes as many batches per epoch as the smallest share holds (step_counts). A worker
     copies its share into its own memory when it fits and shuffles all of it every epoch,
     otherwise each epoch streams the share's blocks in a new random order through a local
@@ -387,13 +396,14 @@ def worker_datasets(
     each epoch validates once in all.
 
     Dealing whole blocks runs no task: a block lost with its node is rebuilt by running
-    its read tasks again, which ask only for what the workers leave (Ray Data's equal
-    split cuts blocks in tasks of 1 CPU, which would wait forever behind workers that
-    fill their nodes). No streaming_split: its lockstep epochs deadlocked when one
+    its read and map tasks again, which ask only for what the workers leave. Ray Data's
+    equal split cuts blocks, and its repartition makes them, in tasks of 1 CPU, which
+    would wait forever behind workers that fill their nodes (a node lost in training
+    hung so). No streaming_split: its lockstep epochs deadlocked when one
     worker's tf.data prefetch ran an epoch ahead.
     """
-    train_shares = split_into_shares(train, workers, train_rows)
-    val_shares = split_into_shares(val, workers, val_rows)
+    train_shares = train.materialize().split(workers)
+    val_shares = val.materialize().split(workers)
     datasets = {}
     for rank, (train_share, val_share) in enumerate(zip(train_shares, val_shares, strict=True)):
         order = ray.data.RandomSeedConfig(seed=seed + rank, reseed_after_execution=True)
@@ -402,12 +412,10 @@ def worker_datasets(
     return datasets
 
 
-def split_into_shares(split: ray.data.Dataset, workers: int, rows: int) -> list[ray.data.Dataset]:
-    """`workers` shares of the split's blocks (of about `rows` rows in all), materialized
-    once and dealt out whole."""
-    rows_per_block = max(1, min(SHUFFLE_BLOCK_ROWS, rows // (workers * BLOCKS_PER_SHARE)))
-    materialized = split.repartition(target_num_rows_per_block=rows_per_block).materialize()
-    return materialized.split(workers)
+def share_block_rows(rows: int, workers: int) -> int:
+    """Rows per block of a split of `rows` posters dealt to `workers`: at most
+    SHUFFLE_BLOCK_ROWS, and at least BLOCKS_PER_SHARE blocks per worker."""
+    return max(1, min(SHUFFLE_BLOCK_ROWS, rows // (workers * BLOCKS_PER_SHARE)))
 
 
 def step_counts(data: TrainingData, config: TrainConfig) -> dict[str, Steps]:

@@ -109,6 +109,11 @@ def train_loop_per_worker(train_loop_config: dict) -> None:
     # Keras 3 fails under MultiWorkerMirroredStrategy with 2+ workers (keras#20585); Ray
     # sets TF_USE_LEGACY_KERAS=1 on workers and poster_ray builds with tf-keras, which works.
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    # A run is repeatable: initial weights (the strategy broadcasts rank 0's), dropout
+    # and shuffles follow the seed; each worker's own, so dropout differs between them.
+    keras.utils.set_random_seed(config.seed + rank)
     with strategy.scope():
         model, history = restore_or_build(loop, precision)
     early_stopping = ResumableEarlyStopping(
@@ -117,8 +122,6 @@ def train_loop_per_worker(train_loop_config: dict) -> None:
     if early_stopping.stopped_before():
         return  # a rerun of a run that early stopping ended: nothing left to train
 
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
     if history and rank == 0 and len(history) < config.epochs:
         print(
             f"resuming after epoch {len(history)}/{config.epochs} (its checkpoint): "

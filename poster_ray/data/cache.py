@@ -28,6 +28,8 @@ from poster_ray.storage import Location
 # Rows per decode task: large enough to amortise Ray's per-task cost (32 ran at half the
 # speed of 128 on 2 cores), small enough to keep every core busy to the end.
 DECODE_BLOCK_ROWS = 128
+# Rows per block of a split read back from the cache, unless a caller needs others.
+BLOCK_ROWS = 64
 # Written last into a decoded cache: its presence means the cache is complete.
 DECODED_MARKER = "_decoded.json"
 
@@ -98,16 +100,21 @@ def ensure_decoded(run: RunDir, image_size: int) -> None:
 
 
 def load_split(
-    run: RunDir, split: str, image_size: int | None = None, task_cpus: float = TASK_CPUS
+    run: RunDir,
+    split: str,
+    image_size: int | None = None,
+    task_cpus: float = TASK_CPUS,
+    block_rows: int = BLOCK_ROWS,
 ) -> ray.data.Dataset:
     """One split's decoded posters from the cache: `image` (uint8 HxWx3) and `labels`.
 
     `image_size` defaults to the run's own; another size is decoded first if need be.
-    Its read tasks ask for `task_cpus` each (read_cached_arrays).
+    Its tasks ask for `task_cpus` each and make blocks of about `block_rows` rows
+    (read_cached_arrays).
     """
     spec = decoded_spec(run, image_size)
     location = run.cache_split(split, spec.image_size)
-    return read_cached_arrays(location, "image", "uint8", spec.shape, task_cpus)
+    return read_cached_arrays(location, "image", "uint8", spec.shape, task_cpus, block_rows)
 
 
 def read_cached_arrays(
@@ -116,12 +123,16 @@ def read_cached_arrays(
     dtype: str,
     shape: tuple[int, ...],
     task_cpus: float = TASK_CPUS,
+    block_rows: int = BLOCK_ROWS,
 ) -> ray.data.Dataset:
     """A cache's usable rows as a Ray Dataset of `column` (arrays) and `labels`.
 
     Its tasks ask for `task_cpus` each: a block of a materialized split lost with its
     node is rebuilt by running its tasks again while the training workers hold their
-    CPUs, so the tasks that feed workers ask for what the workers leave on a node."""
+    CPUs, so the tasks that feed workers ask for what the workers leave on a node. Each
+    map task takes read blocks until it holds `block_rows` rows and returns them as one
+    block: blocks of the size a caller needs, without Ray Data's repartition (its tasks
+    ask for 1 CPU)."""
     from ray.data.expressions import col
 
     return (
@@ -134,7 +145,7 @@ def read_cached_arrays(
         .map_batches(
             _unpack_batch,
             fn_kwargs={"column": column, "dtype": dtype, "shape": shape},
-            batch_size=64,
+            batch_size=block_rows,
             num_cpus=task_cpus,
         )
     )

@@ -293,6 +293,32 @@ def test_each_worker_gets_a_disjoint_share_of_whole_blocks_and_a_new_order_each_
     assert sorted(first) == sorted(second)  # the same posters, each once
 
 
+def test_the_training_data_is_rebuilt_beside_workers_that_hold_their_cpus(run):
+    """A block lost with its node is rebuilt by running the tasks that made it while the
+    training workers hold their CPUs: every task of the lineage must fit in what they
+    leave. (Ray Data's repartition asks for 1 CPU: a node lost in training hung so.)"""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    config = train.place_workers(replace(TINY, workers=2))
+    splits, _ = train.read_training_splits(run, config)  # planned, not yet run
+    workers = placement_group([{"CPU": config.cpus_per_worker}] * config.workers)
+    shares: dict = {}
+
+    def run_the_lineage() -> None:
+        shares.update(train.worker_datasets(splits["train"], splits["val"], config.workers))
+
+    try:
+        assert workers.wait(timeout_seconds=60), "the workers' CPUs were not free"
+        thread = threading.Thread(target=run_the_lineage, daemon=True)
+        thread.start()
+        thread.join(timeout=120)
+        assert shares, "a task of the training data waited for CPUs the workers hold"
+    finally:
+        remove_placement_group(workers)
+    rows = sum(shares[f"train_{rank}"].count() for rank in (0, 1))
+    assert rows == len(cache.read_split_arrays(run, "train")[0])
+
+
 def test_two_workers_validate_once_on_their_shares_with_the_metrics_of_the_whole(run, trained):
     """The epoch's validation metrics are those of the model on both shares together."""
     data = train.load_training_data(run, TINY)
