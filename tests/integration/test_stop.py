@@ -2,8 +2,8 @@
 
 Each test starts `poster-ray infer` as a real driver process with a Ray of its own (its
 own temp dir, its own session: the suite's shared Ray is not involved), waits until the
-job's Ray workers run, stops the driver (SIGKILL, SIGTERM, or Ctrl-C to its process
-group), and follows the processes of that driver by the pids it saw descend from it.
+job's Ray workers run, stops the driver (SIGKILL, SIGTERM, or Ctrl-C to the driver or,
+as a terminal sends it, to its whole process group), and follows the processes of that driver by the pids it saw descend from it.
 """
 
 from __future__ import annotations
@@ -141,9 +141,11 @@ def test_kill_9_of_the_driver_leaves_no_process_and_no_port(job_argv, tmp_path, 
     ("stop", "status"),
     [
         (lambda driver: os.kill(driver.pid, signal.SIGINT), 130),  # Ctrl-C, to the driver
+        # A terminal's Ctrl-C: to the whole foreground group, Ray's processes too.
+        (lambda driver: os.killpg(driver.pid, signal.SIGINT), 130),
         (lambda driver: os.kill(driver.pid, signal.SIGTERM), 143),
     ],
-    ids=["ctrl-c", "sigterm"],
+    ids=["ctrl-c", "ctrl-c-in-a-terminal", "sigterm"],
 )
 def test_a_stopped_driver_says_so_in_one_line_and_ends_its_ray(
     job_argv, tmp_path, ray_temp, stop, status
