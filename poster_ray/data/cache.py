@@ -139,7 +139,7 @@ def read_cached_arrays(
         ray.data.read_parquet(
             location.uri,
             columns=[column, "labels", "error"],
-            ray_remote_args={"num_cpus": task_cpus},
+            num_cpus=task_cpus,
         )
         .filter(expr=col("error") == "", num_cpus=task_cpus)
         .map_batches(
