@@ -219,7 +219,7 @@ def read_training_splits(
 
     Their tasks ask for what `config`'s placed workers (`groups` runs of them) leave on
     a node: a block lost with its node is rebuilt by running them again while the
-    workers train. Their blocks are of share_block_rows rows."""
+    workers train. Their blocks hold about share_block_rows rows."""
     cache = feature_cache(run, config) if features else None
     size = input_size(run, config)
     task_cpus = worker_plan(config, groups).task_cpus

@@ -3,7 +3,8 @@
 Each test starts `poster-ray infer` as a real driver process with a Ray of its own (its
 own temp dir, its own session: the suite's shared Ray is not involved), waits until the
 job's Ray workers run, stops the driver (SIGKILL, SIGTERM, or Ctrl-C to the driver or,
-as a terminal sends it, to its whole process group), and follows the processes of that driver by the pids it saw descend from it.
+as a terminal sends it, to its whole process group), and follows the processes of that
+driver by the pids it saw descend from it.
 """
 
 from __future__ import annotations
