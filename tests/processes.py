@@ -11,7 +11,14 @@ from pathlib import Path
 
 from poster_ray.reaper import Process, descendants, running
 
-__all__ = ["Process", "descendants", "end_all", "listening_ports", "running", "wait_until"]
+__all__ = [
+    "Process",
+    "descendants",
+    "end_all",
+    "listening_sockets",
+    "running",
+    "wait_until",
+]
 
 
 def socket_inodes(pid: int) -> set[str]:
@@ -27,19 +34,20 @@ def socket_inodes(pid: int) -> set[str]:
     return inodes
 
 
-def listening_ports(pids: set[int] | None = None) -> dict[int, str]:
-    """{port: bound address (hex, as /proc/net lists it)} of every TCP socket listening,
-    on this machine or only of processes `pids`."""
+def listening_sockets(pids: set[int] | None = None) -> dict[str, tuple[int, str]]:
+    """{socket inode: (port, bound address in hex, as /proc/net lists it)} of every TCP
+    socket listening, on this machine or only of processes `pids`. The inode names one
+    socket: a port number can be bound again by another program once it is free."""
     wanted = set().union(*(socket_inodes(pid) for pid in pids)) if pids is not None else None
-    ports = {}
+    sockets = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
             local, state, inode = fields[1], fields[3], fields[9]
             if state == "0A" and (wanted is None or inode in wanted):  # 0A: LISTEN
                 address, port = local.rsplit(":", 1)
-                ports[int(port, 16)] = address
-    return ports
+                sockets[inode] = (int(port, 16), address)
+    return sockets
 
 
 def is_loopback(address: str) -> bool:

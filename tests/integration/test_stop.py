@@ -20,7 +20,14 @@ from pathlib import Path
 
 import pytest
 from infer_support import make_bundle
-from processes import descendants, end_all, is_loopback, listening_ports, running, wait_until
+from processes import (
+    descendants,
+    end_all,
+    is_loopback,
+    listening_sockets,
+    running,
+    wait_until,
+)
 from synthetic import make_poster
 
 from poster_ray.cli import INTERRUPTED
@@ -102,25 +109,16 @@ def command_line(process: Process) -> str:
         return ""
 
 
-def holders(port: int) -> list[str]:
-    """Who listens on `port` now (for the failure message only)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and port in listening_ports({int(entry.name)}):
-            found.append(f"{entry.name} {command_line((int(entry.name), 0))[:80]}")
-    return found
-
-
-def assert_nothing_left(started: set[Process], ports: dict[int, str]) -> None:
+def assert_nothing_left(started: set[Process], sockets: dict[str, tuple[int, str]]) -> None:
     # The reaper ends them within its poll and grace period (3.5 s), given the CPU: on a
     # machine loaded by the rest of the suite one still ran after 10 s.
     assert wait_until(lambda: not running(started), timeout=30), [
         command_line(process)[:60] for process in running(started)
     ]
-    # Another program may listen on one of these port numbers now, but not on the same
-    # loopback address: what the run listened on is closed.
-    still = set(ports.items()) & set(listening_ports().items())
-    assert not still, {port: holders(port) for port, _ in still}
+    # Every socket the run listened on is closed. By inode, not port: on a shared
+    # machine another program (another loopback Ray) may bind a freed port number again.
+    still = set(sockets) & set(listening_sockets())
+    assert not still, [sockets[inode] for inode in still]
 
 
 def test_kill_9_of_the_driver_leaves_no_process_and_no_port(job_argv, tmp_path, ray_temp):
@@ -128,11 +126,12 @@ def test_kill_9_of_the_driver_leaves_no_process_and_no_port(job_argv, tmp_path, 
     started: set[Process] = set()
     try:
         started = running_job(driver, tmp_path)
-        ports = listening_ports({pid for pid, _ in started} | {driver.pid})
+        sockets = listening_sockets({pid for pid, _ in started} | {driver.pid})
+        ports = dict(sockets.values())
         assert ports and all(is_loopback(address) for address in ports.values()), ports
         driver.kill()
         driver.wait()
-        assert_nothing_left(started, ports)
+        assert_nothing_left(started, sockets)
     finally:
         driver.kill()
         end_all(started)
@@ -155,14 +154,14 @@ def test_a_stopped_driver_says_so_in_one_line_and_ends_its_ray(
     started: set[Process] = set()
     try:
         started = running_job(driver, tmp_path)
-        ports = listening_ports({pid for pid, _ in started} | {driver.pid})
+        sockets = listening_sockets({pid for pid, _ in started} | {driver.pid})
         stop(driver)
         returned = driver.wait(timeout=60)
         err = (tmp_path / "stderr").read_text()
         assert returned == status, err[-3000:]
         assert err.endswith(f"poster-ray: interrupted: {INTERRUPTED['infer']}\n"), err[-2000:]
         assert "Traceback" not in err and "*** SIG" not in err, err[-2000:]
-        assert_nothing_left(started, ports)
+        assert_nothing_left(started, sockets)
     finally:
         driver.kill()
         end_all(started)
