@@ -238,11 +238,8 @@ def read_training_splits(
     # cache's order, so each worker gets the same share on every run.
     with without_progress_bars(), ordered_execution():
         splits = {split: read(split) for split in ("train", "val")}
-    if cache is not None:
-        inputs = ModelInputs("features", (cache.dims,), len(run.load_genres()))
-    else:
-        inputs = ModelInputs("image", (size, size, 3), len(run.load_genres()))
-    return splits, inputs
+    column, shape = ("features", (cache.dims,)) if cache is not None else ("image", (size, size, 3))
+    return splits, ModelInputs(column, shape, len(run.load_genres()))
 
 
 def smallest_share(datasets: dict[str, ray.data.Dataset], split: str, workers: int) -> int:
@@ -388,8 +385,8 @@ def worker_datasets(
     spilling to disk when full): every epoch re-executing the read pipeline cost 7-17 s
     per pass on 2 cores. Its blocks (share_block_rows) are then dealt out to the
     `workers` without reading them again; shares hold as many blocks give or take one
-    (blocks differ by a read block's rows at most), and every worker
-    takes as many batches per epoch as the smallest share holds (step_counts). A worker
+    (blocks differ by a read block's rows at most), and every worker takes as many
+    batches per epoch as the smallest share holds (step_counts). A worker
     copies its share into its own memory when it fits and shuffles all of it every epoch,
     otherwise each epoch streams the share's blocks in a new random order through a local
     shuffle buffer (train_worker). Keras sums the validation metrics of the shares, so
