@@ -85,6 +85,20 @@ def test_two_workers_leave_model_history_curves_checkpoints_and_bundle(run, trai
     assert not ModelDir(trained).metrics.exists()
 
 
+def test_a_local_ray_starts_no_preemption_watcher(trained):
+    """A single machine is never drained: runtime.LOCAL_RAY_ENV turns Ray Train's watcher
+    off, one actor process fewer per run."""
+    import ray
+    from ray.util.state import list_actors
+
+    watchers = list_actors(
+        address=ray.get_runtime_context().gcs_address,
+        filters=[("class_name", "=", "PreemptionWatcher")],
+        raise_on_missing_output=False,
+    )
+    assert watchers == []
+
+
 def test_the_model_learns_genre_colours(run, trained):
     """Synthetic posters are tinted by their genres: a few epochs must rank them far
     better than the genres' training frequencies do."""
