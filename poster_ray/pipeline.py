@@ -38,7 +38,10 @@ PROFILES = {
             batch_size=16,
             hparams={"filters": [4, 8], "kernel_size": 3, "dense_units": [16]},
         ),
-        pretrained=TrainConfig(model="efficientnet_lite0", input_size=64, epochs=3, batch_size=16),
+        # One worker for the head (the CNN shows two): each worker imports TensorFlow.
+        pretrained=TrainConfig(
+            model="efficientnet_lite0", input_size=64, epochs=3, batch_size=16, workers=1
+        ),
         tune=TuneSettings(trials=2, max_epochs=2),
     ),
     "quick": PipelineSettings(

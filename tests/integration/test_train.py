@@ -31,7 +31,7 @@ from poster_ray.layout import ModelDir, RunDir
 TINY_CNN = {"filters": [4, 8], "kernel_size": 3, "dense_units": [16]}
 # Every precision branch runs on any CPU, each in its own test: bfloat16 here (chosen on
 # CPUs that have it natively; emulated elsewhere, so the model is tiny), float16 (chosen
-# on GPUs) below, float32 (chosen elsewhere) in the early-stopping and failure tests.
+# on GPUs) in the killed-worker run, float32 (chosen elsewhere) in the early-stopping one.
 TINY = TrainConfig(
     epochs=5,
     batch_size=16,
@@ -135,30 +135,62 @@ def conv_dtypes(model: keras.Model) -> set[str]:
     return {layer.compute_dtype for layer in model.layers if "conv" in layer.name}
 
 
-def test_float16_trains_with_loss_scaling_resumes_and_exports_float32(run):
-    """The GPU branch's policy, forced on a CPU: float16 compute, a loss-scaled optimizer
-    whose state survives a resume: a rerun with more epochs goes on from the last
-    checkpoint (the resume of every precision)."""
-    config = replace(TINY, epochs=1, workers=1, precision="float16")
-    before = history_of(train.train(run, "tiny-float16", config))
-    out = train.train(run, "tiny-float16", replace(config, epochs=2))
+# The GPU branch's policy, forced on a CPU, in the run whose worker is killed: float16
+# compute and a loss-scaled optimizer, whose state survives both kinds of resume.
+KILLED = replace(TINY, epochs=10, workers=1, precision="float16", in_memory=False)
+
+
+@pytest.fixture(scope="module")
+def killed(run) -> dict:
+    """kill -9 the training worker after its first checkpoint (Ray Train restarts it from
+    the last one), then rerun the finished run with one epoch more (it goes on from its
+    last checkpoint). The other branch of reads_from_memory: every other run here fits
+    in memory."""
+    import psutil
+
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(out=train.train(run, "killed", KILLED)))
+    before = training_worker_pids()
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not list((run.root.local_path / "ray" / "killed").glob("checkpoint_*")):
+        assert time.monotonic() < deadline and thread.is_alive(), "no checkpoint appeared"
+        time.sleep(0.05)
+    (victim,) = training_worker_pids() - before
+    psutil.Process(victim).kill()
+    replacements = set()
+    while thread.is_alive():  # the restarted worker is a new process
+        replacements |= training_worker_pids() - before - {victim}
+        thread.join(timeout=0.05)
+    history = history_of(result["out"])
+    rerun = train.train(run, "killed", replace(KILLED, epochs=KILLED.epochs + 1))
+    return {"history": history, "replacements": replacements, "rerun": rerun}
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint(killed):
+    """The history has every epoch once, and a new worker process finished it."""
+    assert [epoch["epoch"] for epoch in killed["history"]] == list(range(1, KILLED.epochs + 1))
+    assert killed["replacements"], "no worker was restarted"
+
+
+def test_float16_trains_with_loss_scaling_resumes_and_exports_float32(run, killed):
+    """A rerun with more epochs goes on from the last checkpoint (the resume of every
+    precision), its optimizer's steps and loss scale carried across both resumes."""
+    out, epochs = killed["rerun"], KILLED.epochs + 1
     history = history_of(out)
-    assert [epoch["epoch"] for epoch in history] == [1, 2]
-    assert history[:1] == before  # epoch 1 comes from the checkpoint, not trained again
+    assert [epoch["epoch"] for epoch in history] == list(range(1, epochs + 1))
+    assert history[:-1] == killed["history"]  # from the checkpoint, not trained again
     assert {epoch["compute_precision"] for epoch in history} == {"float16"}
     assert all(np.isfinite(epoch["val_pr_auc"]) for epoch in history)
-    checkpoint = sorted(
-        (run.root.local_path / "ray" / "tiny-float16").glob("checkpoint_*/model.keras")
-    )
+    checkpoint = sorted((run.root.local_path / "ray" / "killed").glob("checkpoint_*/model.keras"))
     keras.mixed_precision.set_global_policy("mixed_float16")  # as a resuming worker does
     try:
         restored = keras.models.load_model(checkpoint[-1])
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert isinstance(restored.optimizer, keras.mixed_precision.LossScaleOptimizer)
-    # Its steps (and its loss scale) carried across the resume: two epochs' worth.
-    steps_per_epoch = len(cache.read_split_arrays(run, "train")[0]) // config.batch_size
-    assert restored.optimizer.iterations.numpy() == 2 * steps_per_epoch
+    steps_per_epoch = len(cache.read_split_arrays(run, "train")[0]) // KILLED.batch_size
+    assert restored.optimizer.iterations.numpy() == epochs * steps_per_epoch
     assert conv_dtypes(restored) == {"float16"}
     assert conv_dtypes(models.load_model(out / "model.keras")) == {"float32"}
     assert np.isfinite(evaluate_model_dir(out, run)["micro_f1@calibrated"])
@@ -247,34 +279,6 @@ def training_worker_pids() -> set[int]:
         raise_on_missing_output=False,
     )
     return {actor.pid for actor in actors}
-
-
-def test_a_killed_worker_resumes_from_the_last_checkpoint(tmp_path_factory, ray_session):
-    """kill -9 a training worker mid-run: Ray Train restarts it from the last epoch's
-    checkpoint, and the history has every epoch once."""
-    import psutil
-
-    run = prepared_run(tmp_path_factory.mktemp("killed"), n=120, image_size=32)
-    # The other branch of reads_from_memory: every other run here fits in memory.
-    config = replace(FLOAT32, epochs=12, in_memory=False)
-    result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(out=train.train(run, "killed", config)))
-    before = training_worker_pids()
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not list((run.root.local_path / "ray" / "killed").glob("checkpoint_*")):
-        assert time.monotonic() < deadline and thread.is_alive(), "no checkpoint appeared"
-        time.sleep(0.05)
-    (victim,) = training_worker_pids() - before
-    psutil.Process(victim).kill()
-    replacements = set()
-    while thread.is_alive():  # the restarted worker is a new process
-        replacements |= training_worker_pids() - before - {victim}
-        thread.join(timeout=0.05)
-
-    history = history_of(result["out"])
-    assert [epoch["epoch"] for epoch in history] == list(range(1, 13))
-    assert replacements, "no worker was restarted"
 
 
 def images_of(dataset) -> list[bytes]:

@@ -200,11 +200,14 @@ def run(tmp_path_factory, ray_session):
     return prepared_run(tmp_path_factory.mktemp("transfer"), n=100, image_size=32)
 
 
+# One worker: two are test_train's; a second would import TensorFlow and trace the
+# backbone's gradients once more.
 LITE = TrainConfig(
     model="efficientnet_lite0",
     input_size=64,
     epochs=3,
     batch_size=16,
+    workers=1,
     early_stopping=0,
     hparams={"units": 32},
 )
