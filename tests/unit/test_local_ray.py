@@ -77,3 +77,19 @@ def test_the_loopback_switch_holds_only_while_a_local_ray_starts(monkeypatch):
     assert ray_constants.ENABLE_RAY_CLUSTER is before
     with loopback_only(False):  # attaching to a cluster: its own addresses
         assert ray_constants.ENABLE_RAY_CLUSTER is before
+
+
+def test_the_reaper_finds_descendants_with_or_without_the_kernels_children_lists(monkeypatch):
+    """Both ways of reading the process tree (the scan is for kernels without
+    CONFIG_PROC_CHILDREN) find the same children."""
+    from poster_ray import reaper
+
+    shell = subprocess.Popen(["sh", "-c", "sleep 30 & sleep 30"], start_new_session=True)
+    try:
+        assert wait_until(lambda: len(reaper.descendants(shell.pid)) == 2, timeout=10)
+        listed = reaper.descendants(shell.pid)
+        monkeypatch.setattr(reaper, "CHILDREN_LISTS", not reaper.CHILDREN_LISTS)
+        assert reaper.descendants(shell.pid) == listed
+    finally:
+        os.killpg(shell.pid, signal.SIGKILL)
+        shell.wait()
