@@ -5,9 +5,10 @@ when it exits, PR_SET_PDEATHSIG), but not the raylet's agents: after `kill -9` o
 driver, Ray's DashboardAgent and RuntimeEnvAgent lived on, listening. Ray's own reaper
 is not started where the kernel's fate sharing exists, and it would kill the driver's
 whole process group (the user's shell job). So `init_ray` starts this small process
-beside a local Ray: it notes the driver's descendants every half second and, when the
-driver's end of its stdin pipe closes (the driver exited or was killed), ends every
-process it noted that still runs: SIGTERM, then SIGKILL after a grace period.
+beside a local Ray: it notes the driver's descendants every half second (every 2 s
+once none has started for 3 s) and, when the driver's end of its stdin pipe closes
+(the driver exited or was killed), ends every process it noted that still runs:
+SIGTERM, then SIGKILL after a grace period.
 
 Linux only (it reads /proc); elsewhere `init_ray` does not start it. A process is
 matched by its pid and its start time, so a pid the system reused is never touched.
@@ -24,9 +25,10 @@ import time
 from pathlib import Path
 
 POLL_SECONDS = 0.5
+QUIET_POLL_SECONDS = 2.0
+QUIET_POLLS = 6
 GRACE_SECONDS = 3.0
 PROC = Path("/proc")
-CHILDREN_LISTS = (PROC / "self" / "task" / str(os.getpid()) / "children").exists()
 
 Process = tuple[int, int]  # (pid, start time in clock ticks since boot)
 
@@ -43,37 +45,17 @@ def parent_and_start(pid: int) -> tuple[int, int] | None:
     return int(fields[1]), int(fields[19])
 
 
-def children(pid: int) -> list[int]:
-    """The pids of `pid`'s children, from each of its threads' /proc children list:
-    reading the tree costs a few files per process, not a scan of every process on the
-    machine twice a second (4% of a core on a busy one). Kernels built without those
-    lists (CONFIG_PROC_CHILDREN) get the scan."""
-    if not CHILDREN_LISTS:
-        return [child for child, parent in parents().items() if parent == pid]
-    try:
-        lists = [(task / "children").read_text() for task in (PROC / str(pid) / "task").iterdir()]
-    except OSError:  # ended meanwhile
-        return []
-    return [int(child) for text in lists for child in text.split()]
-
-
-def parents() -> dict[int, int]:
-    """Every process's parent pid."""
-    found = {}
-    for entry in PROC.iterdir():
-        if entry.name.isdigit() and (stat := parent_and_start(int(entry.name))):
-            found[int(entry.name)] = stat[0]
-    return found
-
-
 def descendants(pid: int) -> set[Process]:
     """Every running descendant of `pid` (children, their children, ...)."""
+    children: dict[int, list[Process]] = {}
+    for entry in PROC.iterdir():
+        if entry.name.isdigit() and (found := parent_and_start(int(entry.name))):
+            children.setdefault(found[0], []).append((int(entry.name), found[1]))
     found, todo = set(), [pid]
     while todo:
-        for child in children(todo.pop()):
-            if started := parent_and_start(child):
-                found.add((child, started[1]))
-                todo.append(child)
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child[0])
     return found
 
 
@@ -100,11 +82,17 @@ def watch(driver: int) -> None:
     and whatever they started meanwhile."""
     me = os.getpid()
     noted: set[Process] = set()
+    quiet = 0  # polls in a row that found no new process
     while True:
-        readable, _, _ = select.select([sys.stdin], [], [], POLL_SECONDS)
+        # A poll reads every process's /proc stat: twice a second, and every 2 s once no
+        # process has started for QUIET_POLLS (a local Ray is then four times cheaper).
+        wait = QUIET_POLL_SECONDS if quiet >= QUIET_POLLS else POLL_SECONDS
+        readable, _, _ = select.select([sys.stdin], [], [], wait)
         if readable and not os.read(sys.stdin.fileno(), 4096):
             break  # end of file: the driver is gone
-        noted = running(noted) | {proc for proc in descendants(driver) if proc[0] != me}
+        now = running(noted) | {proc for proc in descendants(driver) if proc[0] != me}
+        quiet = 0 if now - noted else quiet + 1
+        noted = now
     for pid, _ in running(noted):
         noted |= descendants(pid)
     end(noted)
