@@ -18,29 +18,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from synthetic import DIRTY, DIRTY_GOOD_POSTERS, DIRTY_IMAGE_SIZE, make_dataset  # noqa: E402
 
-TESTS = Path(__file__).parent
 TIERS = ("unit", "integration", "cluster", "browser")
-# The files that take longest, longest first, then the rest tier by tier: `make test`
-# deals whole files to its two processes in this order (--dist loadfile
-# --no-loadscope-reorder), so the cluster module, a third of the suite's time, starts at
-# once instead of last, and the short files fill in at the end.
-LONGEST_FIRST = (
-    "cluster/test_multinode.py",
-    "integration/test_train.py",
-    "integration/test_transfer.py",
-    "integration/test_tune.py",
-    "integration/test_infer.py",
-    "integration/test_stop.py",
-)
-TIER_ORDER = ("cluster", "integration", "browser", "unit")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark each test with its folder's tier (and `slow` for the longest files), then
-    order them longest file first; a unit test that asks for Ray is a mistake that would
-    slow the fast tier, so it fails collection."""
-    if missing := [name for name in LONGEST_FIRST if not (TESTS / name).is_file()]:
-        raise pytest.UsageError(f"tests/conftest.py: LONGEST_FIRST names no such file: {missing}")
+    """Mark each test with its folder's tier; a unit test that asks for Ray is a mistake
+    that would slow the fast tier, so it fails collection."""
     for item in items:
         tier = Path(item.path).parent.name
         if tier not in TIERS:
@@ -48,19 +31,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if tier == "unit" and "ray_session" in item.fixturenames:
             raise pytest.UsageError(f"{item.nodeid}: a unit test cannot use Ray (ray_session)")
         item.add_marker(tier)
-        if file_of(item) in LONGEST_FIRST:
-            item.add_marker("slow")
-    items.sort(key=dealing_order)  # stable: a file's tests keep their order
-
-
-def file_of(item: pytest.Item) -> str:
-    return f"{Path(item.path).parent.name}/{Path(item.path).name}"
-
-
-def dealing_order(item: pytest.Item) -> tuple[int, int]:
-    if file_of(item) in LONGEST_FIRST:
-        return (0, LONGEST_FIRST.index(file_of(item)))
-    return (1, TIER_ORDER.index(Path(item.path).parent.name))
 
 
 @pytest.fixture(scope="session")
