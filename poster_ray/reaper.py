@@ -85,7 +85,7 @@ def watch(driver: int) -> None:
     quiet = 0  # polls in a row that found no new process
     while True:
         # A poll reads every process's /proc stat: twice a second, and every 2 s once no
-        # process has started for QUIET_POLLS (a local Ray is then four times cheaper).
+        # process has started for QUIET_POLLS (an idle local Ray's reaper: a third of the CPU).
         wait = QUIET_POLL_SECONDS if quiet >= QUIET_POLLS else POLL_SECONDS
         readable, _, _ = select.select([sys.stdin], [], [], wait)
         if readable and not os.read(sys.stdin.fileno(), 4096):
