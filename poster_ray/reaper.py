@@ -7,8 +7,11 @@ is not started where the kernel's fate sharing exists, and it would kill the dri
 whole process group (the user's shell job). So `init_ray` starts this small process
 beside a local Ray: it notes the driver's descendants every half second (every 2 s
 once none has started for 3 s) and, when the driver's end of its stdin pipe closes
-(the driver exited or was killed), ends every process it noted that still runs:
-SIGTERM, then SIGKILL after a grace period.
+(the driver exited or was killed), ends every process it noted that still runs, and
+every process that carries the driver's mark in its environment (`MARK_VAR`, inherited
+by everything the driver and its Ray start: a worker started after the last poll, whose
+raylet then died and left it to init, is found so): SIGTERM, then SIGKILL after a grace
+period.
 
 Linux only (it reads /proc); elsewhere `init_ray` does not start it. A process is
 matched by its pid and its start time, so a pid the system reused is never touched.
@@ -29,6 +32,8 @@ QUIET_POLL_SECONDS = 2.0
 QUIET_POLLS = 6
 GRACE_SECONDS = 3.0
 PROC = Path("/proc")
+# Set by the driver before its Ray starts, to the driver's own `mark()`.
+MARK_VAR = "POSTER_RAY_DRIVER"
 
 Process = tuple[int, int]  # (pid, start time in clock ticks since boot)
 
@@ -59,6 +64,28 @@ def descendants(pid: int) -> set[Process]:
     return found
 
 
+def mark(pid: int) -> str:
+    """What marks the processes of driver `pid`: its pid and start time, unique on the
+    machine for as long as it runs."""
+    found = parent_and_start(pid)
+    return f"{pid}:{found[1] if found else 0}"
+
+
+def marked(value: str) -> set[Process]:
+    """Every running process whose environment, as it started, holds MARK_VAR=value."""
+    entry = f"{MARK_VAR}={value}".encode()
+    found = set()
+    for path in PROC.iterdir():
+        if path.name.isdigit():
+            try:
+                environ = (path / "environ").read_bytes()
+            except OSError:  # ended, or another user's
+                continue
+            if entry in environ.split(b"\0") and (stat := parent_and_start(int(path.name))):
+                found.add((int(path.name), stat[1]))
+    return found
+
+
 def running(processes: set[Process]) -> set[Process]:
     """Those of `processes` still running as the same process (pid and start time)."""
     return {
@@ -77,9 +104,9 @@ def end(processes: set[Process], grace: float = GRACE_SECONDS) -> None:
             time.sleep(0.1)
 
 
-def watch(driver: int) -> None:
-    """Note the driver's descendants until stdin closes, then end the ones still running
-    and whatever they started meanwhile."""
+def watch(driver: int, driver_mark: str) -> None:
+    """Note the driver's descendants until stdin closes, then end the ones still running,
+    whatever they started meanwhile and whatever carries `driver_mark`."""
     me = os.getpid()
     noted: set[Process] = set()
     quiet = 0  # polls in a row that found no new process
@@ -95,6 +122,7 @@ def watch(driver: int) -> None:
         noted = now
     for pid, _ in running(noted):
         noted |= descendants(pid)
+    noted |= {proc for proc in marked(driver_mark) if proc[0] != me}
     end(noted)
 
 
@@ -102,4 +130,4 @@ if __name__ == "__main__":
     # Ctrl-C in a terminal reaches the whole foreground group: the reaper outlives it to
     # clean up after the driver, and ends by itself once its work is done.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    watch(int(sys.argv[1]))
+    watch(int(sys.argv[1]), sys.argv[2])

@@ -26,6 +26,7 @@ import ray
 from poster_ray.data.context import data_context
 from poster_ray.errors import RunFailure, Terminated
 from poster_ray.quiet_tensorflow import TENSORFLOW_ENV, install_filtered_tensorflow_import
+from poster_ray.reaper import MARK_VAR, mark
 
 # Ray Data's switch of its Parquet reader, read when ray.data is imported; the driver's
 # own context is set in init_ray, since ray.data may be imported before it runs.
@@ -155,12 +156,15 @@ def loopback_only(local: bool) -> Iterator[None]:
 
 
 def start_reaper() -> None:
-    """Start `poster_ray.reaper` to end this driver's processes when it ends (Linux)."""
+    """Start `poster_ray.reaper` to end this driver's processes when it ends (Linux), and
+    mark what this driver starts from now on (its Ray) with `reaper.MARK_VAR`."""
     if not sys.platform.startswith("linux"):
         return
+    driver_mark = mark(os.getpid())
+    os.environ[MARK_VAR] = driver_mark
     # The pipe's far end is this process's alone (not inherited): it closes when we end.
     reaper = subprocess.Popen(
-        [sys.executable, "-m", "poster_ray.reaper", str(os.getpid())],
+        [sys.executable, "-m", "poster_ray.reaper", str(os.getpid()), driver_mark],
         stdin=subprocess.PIPE,
         start_new_session=True,  # not in the terminal's group: Ctrl-C leaves it to clean up
     )

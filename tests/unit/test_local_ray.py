@@ -55,6 +55,58 @@ def test_a_killed_drivers_processes_end_within_seconds(quiet_for, noted_within):
         end_all(started)
 
 
+# A driver that starts the reaper, then a process that is at once left to init (as a Ray
+# worker started after the reaper's last poll is, once its raylet dies): started by a
+# child that exits, it is never the driver's descendant, only marked as the driver's.
+ORPHANING_DRIVER = """
+import subprocess, sys, time
+from poster_ray.runtime import start_reaper
+start_reaper()
+subprocess.run([sys.executable, "-c",
+    "import subprocess, sys; print(subprocess.Popen([sys.executable, '-c', "
+    "'import time; time.sleep(300)'], start_new_session=True).pid)"])
+sys.stdout.flush()
+time.sleep(300)
+"""
+
+
+def test_a_killed_drivers_orphaned_process_is_found_by_its_mark():
+    from poster_ray.reaper import parent_and_start
+
+    driver = subprocess.Popen(
+        [sys.executable, "-c", ORPHANING_DRIVER],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    orphan = set()
+    try:
+        pid = int(driver.stdout.readline())
+        orphan = {(pid, parent_and_start(pid)[1])}
+        assert parent_and_start(pid)[0] != driver.pid  # not the driver's descendant
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        assert wait_until(lambda: not running(orphan), timeout=10)
+    finally:
+        driver.kill()
+        end_all(orphan)
+
+
+def test_only_processes_started_with_the_mark_are_marked():
+    from poster_ray.reaper import MARK_VAR, marked
+
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    env = {**os.environ, MARK_VAR: f"test-{os.getpid()}"}
+    mine = subprocess.Popen(sleep, env=env)
+    other = subprocess.Popen(sleep, env={**env, MARK_VAR: f"other-{os.getpid()}"})
+    try:
+        assert {pid for pid, _ in marked(f"test-{os.getpid()}")} == {mine.pid}
+    finally:
+        for process in (mine, other):
+            process.kill()
+            process.wait()
+
+
 # A driver that starts the reaper, says which process it is, and exits at once.
 SHORT_DRIVER = """
 from poster_ray import runtime
