@@ -3,13 +3,13 @@ stages that lose a node.
 
 One cluster serves the module (a second one beside it would share these 2 cores).
 
-The tiny profile runs every stage (prepare, train the CNN and the pretrained model,
-evaluate, tune, compare, predict the samples, bulk inference). A head and a second
-raylet on loopback, 1 CPU each (small nodes: every stage's plan must fit beside its own
-tasks, or the pipeline waits forever), token authentication on, a local S3 server: the
-dataset and the run directory (checkpoints, caches, bundles, predictions) live in the
-bucket, the job goes through `ray job submit` as the README says, and the same job
-submitted again reuses every model and adds no prediction.
+The tiny profile, with one tuning trial, runs every stage (prepare, train the CNN and
+the pretrained model, evaluate, tune, compare, predict the samples, bulk inference),
+on a head and a second raylet on loopback, 1 CPU each (small nodes: every stage's plan
+must fit beside its own tasks, or the pipeline waits forever), token authentication on,
+a local S3 server: the dataset and the run directory (checkpoints, caches, bundles,
+predictions) live in the bucket, the job goes through `ray job submit` as the README
+says, and the same job submitted again reuses every model and adds no prediction.
 
 Then a node is lost mid-stage, as a spot instance taken back would go: the second
 node's processes are killed with SIGKILL (by the ids the harness started, and their
@@ -146,7 +146,10 @@ def cluster_run(cluster, tmp_path_factory):
     )
     data = upload(cluster, dataset, "dataset")
     run = cluster.s3_uri(BUCKET, "run")
-    pipeline = ("python", "jobs/pipeline.py", "--profile", "tiny", "--data", data, "--out", run)
+    # One trial: the search itself (ASHA, resuming) is tested on a local Ray; here, that
+    # a trial's training runs on the cluster and becomes the tuned model.
+    pipeline = ("python", "jobs/pipeline.py", "--profile", "tiny", "--trials", "1")
+    pipeline += ("--data", data, "--out", run)
     job = submit(cluster, *pipeline)
     before = keys(cluster, "run/")
     rerun = submit(cluster, *pipeline)  # a resubmission of the finished pipeline
