@@ -28,6 +28,14 @@ from poster_ray.verdict import format_interval
 MODELS = [
     ("custom_cnn", ["train", "--model", "custom_cnn", "--epochs", "15"]),
     ("efficientnet_lite0", ["train", "--model", "efficientnet_lite0", "--epochs", "40"]),
+    *(
+        (
+            f"efficientnet_lite0_{pooling.replace('+', '_')}",
+            ["train", "--model", "efficientnet_lite0", "--epochs", "40", "--pooling", pooling],
+        )
+        for pooling in ("max", "gem", "avg+max")
+    ),
+    ("efficientnet_lite1", ["train", "--model", "efficientnet_lite1", "--epochs", "40"]),
     ("efficientnet_lite2", ["train", "--model", "efficientnet_lite2", "--epochs", "40"]),
     *(
         (

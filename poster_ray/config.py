@@ -27,7 +27,14 @@ NON_GENRE_COLUMNS = ("Id", "Genre", "N/A")
 NA_COLUMN = "N/A"
 
 # The report's CNN, then transfer models named after their backbone (models.backbones).
-MODEL_NAMES = ("custom_cnn", "efficientnet_lite0", "efficientnet_lite2", "vgg16", "resnet50")
+MODEL_NAMES = (
+    "custom_cnn",
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+    "vgg16",
+    "resnet50",
+)
 
 SPLIT_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}
 SPLITS = tuple(SPLIT_FRACTIONS)
@@ -126,6 +133,10 @@ def pick_best(monitor: str):
 # Multi-label losses (models.losses): plain, positive-weighted per genre, focal, asymmetric.
 LOSSES = ("bce", "weighted_bce", "focal", "asymmetric")
 
+# How a pretrained backbone's last feature map becomes features (models.pooling); the
+# first is what ImageNet classifiers use, and every cache made before the choice existed.
+POOLINGS = ("avg", "max", "gem", "avg+max")
+
 # How validation posters set a bundle's thresholds (poster_ray.thresholds): auto picks one
 # of the others by cross-validation; the others in order of preference on a tie.
 AUTO_THRESHOLD_POLICY = "auto"
@@ -193,6 +204,12 @@ class TrainConfig:
         None,
         "pretrained models: poster size (default: the backbone's native resolution)",
         minimum=1,
+    )
+    pooling: str = setting(
+        POOLINGS[0],
+        "pretrained models: the backbone's features, averaged over the poster, its maximum, "
+        "a generalised mean (GeM, p=3), or average and maximum side by side",
+        choices=POOLINGS,
     )
     fine_tune_blocks: int = setting(
         0,

@@ -97,6 +97,7 @@ def join_head(config: TrainConfig, run: RunDir, head: keras.Model) -> keras.Mode
         len(run.load_genres()),
         models.input_size(config.model, run.load_spec().image_size, config.input_size),
         weights=config.weights,
+        pooling=config.pooling,
         **config.hparams,
     )
     model.get_layer("head").set_weights(head.get_weights())

@@ -16,6 +16,7 @@ import ray
 from ray.actor import ActorHandle
 
 from poster_ray import resources
+from poster_ray.config import POOLINGS
 from poster_ray.data.cache import BLOCK_ROWS, ensure_decoded, read_cached_arrays, unpack_arrays
 from poster_ray.data.context import all_cpus_to_one_operator
 from poster_ray.data.tables import read_table
@@ -56,14 +57,20 @@ class FeatureExtractor:
     """A Ray actor holding the backbone: decoded posters in, pooled features out."""
 
     def __init__(
-        self, backbone: str, image_size: int, weights: str, threads: int, counter: ActorHandle
+        self,
+        backbone: str,
+        image_size: int,
+        weights: str,
+        pooling: str,
+        threads: int,
+        counter: ActorHandle,
     ) -> None:
         from poster_ray.models import inference_function
         from poster_ray.models.transfer import build_backbone
 
         resources.configure_tensorflow_threads(threads)
         resources.prepare_tensorflow_gpus()
-        model = build_backbone(backbone, image_size, weights)
+        model = build_backbone(backbone, image_size, weights, pooling=pooling)
         self.shape = model.input_shape[1:]
         self.predict = inference_function(model)
         self.counter = counter  # a progress.RowCounter
@@ -77,17 +84,27 @@ class FeatureExtractor:
 
 
 def ensure_features(
-    run: RunDir, backbone: str, image_size: int, weights: str = "imagenet"
+    run: RunDir,
+    backbone: str,
+    image_size: int,
+    weights: str = "imagenet",
+    pooling: str = POOLINGS[0],
 ) -> FeatureCache:
-    """The run's features from `backbone` at `image_size`, computing them if missing.
+    """The run's features from `backbone` at `image_size`, pooled as `pooling` says,
+    computing them if missing.
 
     Features are float32, whatever the hardware: the cache is shared by every trial and
     must not depend on which node computed it.
     """
-    location = run.features(backbone, image_size)
+    location = run.features(backbone, image_size, pooling)
     marker = location / FEATURES_MARKER
-    wanted = {"backbone": backbone, "image_size": image_size, "weights": weights}
-    if marker.is_file() and {key: marker.read_json()[key] for key in wanted} == wanted:
+    wanted = {
+        "backbone": backbone,
+        "image_size": image_size,
+        "weights": weights,
+        "pooling": pooling,
+    }
+    if marker.is_file() and made_as(marker.read_json()) == wanted:
         return FeatureCache(location, marker.read_json()["dims"])
     ensure_decoded(run, image_size)
     plan = resources.plan_workers(
@@ -95,7 +112,7 @@ def ensure_features(
     )
     location.remove()
     print(
-        f"Computing {backbone} features at {image_size}x{image_size} "
+        f"Computing {backbone} features at {image_size}x{image_size}, {pooling} pooling "
         f"({plan.workers} actor(s) x {plan.cpus_per_worker:g} CPUs) ...",
         flush=True,
     )
@@ -112,6 +129,7 @@ def ensure_features(
                 "backbone": backbone,
                 "image_size": image_size,
                 "weights": weights,
+                "pooling": pooling,
                 "threads": plan.threads,
                 "counter": counter,
             },
@@ -127,3 +145,10 @@ def ensure_features(
     dims = len(read_table(location, ["features"])["features"].iloc[0]) // 4
     marker.write_json({**wanted, "dims": dims})
     return FeatureCache(location, dims)
+
+
+def made_as(marker: dict) -> dict:
+    """What a cache was made from, as its marker says; caches made before pooling was a
+    choice were average-pooled."""
+    made = {key: marker[key] for key in ("backbone", "image_size", "weights")}
+    return {**made, "pooling": marker.get("pooling", POOLINGS[0])}

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from poster_ray.config import PreprocessSpec, checked_genres
+from poster_ray.config import POOLINGS, PreprocessSpec, checked_genres
 from poster_ray.storage import Location
 
 # The model and its per-epoch history, named alike in a model directory, in every Ray
@@ -173,9 +173,11 @@ class RunDir(Folder):
         """Every backbone's cached features of the run."""
         return self.root / "features"
 
-    def features(self, backbone: str, image_size: int) -> Location:
-        """A frozen backbone's pooled features of every poster, partitioned by split."""
-        return self.feature_caches / f"{backbone}-{image_size}px"
+    def features(self, backbone: str, image_size: int, pooling: str = POOLINGS[0]) -> Location:
+        """A frozen backbone's pooled features of every poster, partitioned by split (the
+        first pooling's folder carries no suffix: it is every earlier run's)."""
+        suffix = "" if pooling == POOLINGS[0] else f"-{pooling.replace('+', '-')}"
+        return self.feature_caches / f"{backbone}-{image_size}px{suffix}"
 
     @property
     def models(self) -> Location:

@@ -251,7 +251,8 @@ def feature_cache(run: RunDir, config: TrainConfig) -> FeatureCache | None:
     """A transfer model's backbone features, when its head is what trains."""
     if not models.is_transfer(config.model):
         return None
-    return ensure_features(run, config.model, input_size(run, config), config.weights)
+    size = input_size(run, config)
+    return ensure_features(run, config.model, size, config.weights, config.pooling)
 
 
 def input_size(run: RunDir, config: TrainConfig) -> int:

@@ -84,6 +84,7 @@ def build_configured_model(
     if models.is_transfer(settings.model):
         hparams.update(
             weights=settings.weights,
+            pooling=settings.pooling,
             trainable_blocks=settings.fine_tune_blocks,
             augment=bool(settings.fine_tune_blocks),
         )

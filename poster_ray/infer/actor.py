@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # TensorFlow is imported by the actor, never by the driver.
 # `auto` keeps these bundles in float32 on bfloat16 CPUs: EfficientNet-Lite in bfloat16
 # kept the float32 top-1 genre on only 98.8% of 5,000 real posters (the tolerance is 99%)
 # and ran no faster on an AVX512_BF16 CPU (bench/infer_throughput.py, README).
-AUTO_FLOAT32_MODELS = ("efficientnet_lite0", "efficientnet_lite2")
+AUTO_FLOAT32_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 # Columns the actor adds for the driver only; the part files never hold them.
 CHUNK_COLUMN = "chunk"
 PRECISION_COLUMN = "precision"

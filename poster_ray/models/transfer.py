@@ -9,9 +9,11 @@ only in training, so inference is unchanged).
 
 from __future__ import annotations
 
+from poster_ray.config import POOLINGS
 from poster_ray.errors import PosterRayError
 from poster_ray.models.backbones import BACKBONES, Backbone, freeze_blocks
 from poster_ray.models.heads import build_head
+from poster_ray.models.pooling import pool_features
 from poster_ray.tf_import import keras
 
 
@@ -22,12 +24,19 @@ def backbone_of(name: str) -> Backbone:
 
 
 def build_backbone(
-    name: str, image_size: int | None = None, weights: str = "imagenet", trainable_blocks: int = 0
+    name: str,
+    image_size: int | None = None,
+    weights: str = "imagenet",
+    trainable_blocks: int = 0,
+    pooling: str = POOLINGS[0],
 ) -> keras.Model:
-    """Backbone `name` at `image_size` (default: its native size), its last
-    `trainable_blocks` blocks trainable (0: all frozen)."""
+    """Backbone `name` at `image_size` (default: its native size) to features pooled as
+    `pooling` says (models.pooling), its last `trainable_blocks` blocks trainable (0: all
+    frozen)."""
     backbone = backbone_of(name)
-    model = backbone.build(image_size or backbone.native_size, weights)
+    feature_map = backbone.build(image_size or backbone.native_size, weights)
+    features = pool_features(feature_map.output, pooling)
+    model = keras.Model(feature_map.inputs, features, name="backbone")
     freeze_blocks(model, backbone.blocks(model), trainable_blocks)
     return model
 
@@ -53,15 +62,16 @@ def build_transfer(
     weights: str = "imagenet",
     trainable_blocks: int = 0,
     augment: bool = False,
+    pooling: str = POOLINGS[0],
     **head_hparams,
 ) -> keras.Model:
-    """uint8 posters -> [augmentation] -> backbone -> head -> one sigmoid per genre.
-    `head_hparams` are `build_head`'s (units, dropout).
+    """uint8 posters -> [augmentation] -> backbone -> pooling -> head -> one sigmoid per
+    genre. `head_hparams` are `build_head`'s (units, dropout).
 
     The backbone runs in inference mode (its BatchNorm statistics stay ImageNet's) even
     where fine-tuning trains its top blocks: the usual choice with small datasets.
     """
-    base = build_backbone(backbone, image_size, weights, trainable_blocks)
+    base = build_backbone(backbone, image_size, weights, trainable_blocks, pooling)
     head = build_head(base.output_shape[-1], num_genres, **head_hparams)
     inputs = keras.Input(shape=base.input_shape[1:])
     x = augmentation()(inputs) if augment else inputs

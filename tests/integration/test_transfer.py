@@ -121,10 +121,8 @@ def test_keras_weights_are_loaded_and_made_rgb(keras_home, how):
     np.testing.assert_array_equal(kernel, source_kernel[:, :, ::-1, :])
     np.testing.assert_array_equal(bias, source_bias)
     batch = pixels(2, 32).astype("float32")
-    expected = keras.layers.GlobalAveragePooling2D()(
-        source(keras.applications.vgg16.preprocess_input(batch.copy()))
-    )
-    np.testing.assert_allclose(base(batch), expected, rtol=1e-4, atol=1e-4)
+    expected = source(keras.applications.vgg16.preprocess_input(batch.copy()))
+    np.testing.assert_allclose(base(batch), expected, rtol=1e-4, atol=1e-4)  # the last map
 
 
 # ---------------------------------------------------------------- the transfer model
@@ -201,9 +199,11 @@ def run(tmp_path_factory, ray_session):
 
 
 # One worker: two are test_train's; a second would import TensorFlow and trace the
-# backbone's gradients once more.
+# backbone's gradients once more. Not the default pooling, so that it is the choice that
+# travels from the settings to the features, the head, the joined model and fine-tuning.
 LITE = TrainConfig(
     model="efficientnet_lite0",
+    pooling="avg+max",
     input_size=64,
     epochs=3,
     batch_size=16,
@@ -218,15 +218,20 @@ def head_model(run):
     return train.train(run, "lite", LITE)
 
 
+def lite_features(run):
+    return ensure_features(run, "efficientnet_lite0", 64, pooling=LITE.pooling)
+
+
 def test_features_are_cached_once_and_reused(run, head_model):
-    cache = ensure_features(run, "efficientnet_lite0", 64)
+    cache = lite_features(run)
+    assert cache.location == run.features("efficientnet_lite0", 64, "avg+max")
     marker = cache.location / "_features.json"
     written = marker.read_json()
-    assert written["dims"] == 1280
-    assert ensure_features(run, "efficientnet_lite0", 64).location == cache.location
+    assert written["dims"] == 2 * 1280  # average and maximum of each channel
+    assert lite_features(run).location == cache.location
     assert marker.read_json() == written  # not computed again
     features, labels = cache.arrays("val")
-    assert features.shape == (len(labels), 1280) and features.dtype == np.float32
+    assert features.shape == (len(labels), 2 * 1280) and features.dtype == np.float32
 
 
 def test_the_exported_model_is_the_head_on_the_backbone_from_uint8_posters(run, head_model):
@@ -234,12 +239,12 @@ def test_the_exported_model_is_the_head_on_the_backbone_from_uint8_posters(run, 
     model = models.load_model(head_model / "model.keras")
     assert model.input_shape == (None, 64, 64, 3)
     ids, images, _ = read_split_arrays(run, "val", 64)
-    features, _ = ensure_features(run, "efficientnet_lite0", 64).arrays("val")
+    features, _ = lite_features(run).arrays("val")
     head = model.get_layer("head")
     # The cache's row order is the decoded cache's: match by id.
     from poster_ray.data.tables import read_table
 
-    cached_ids = read_table(run.features("efficientnet_lite0", 64) / "split=val", ["id"])["id"]
+    cached_ids = read_table(lite_features(run).location / "split=val", ["id"])["id"]
     order = {poster_id: row for row, poster_id in enumerate(cached_ids)}
     expected = head.predict(features[[order[poster_id] for poster_id in ids]], verbose=0)
     np.testing.assert_allclose(model.predict(images, verbose=0), expected, atol=1e-4)
@@ -253,7 +258,7 @@ def test_fine_tuning_starts_from_the_head_and_changes_only_the_top_block(run, he
     history = json.loads((out / "history.json").read_text())
     assert [epoch["epoch"] for epoch in history] == [1, 2, 3, 4]  # head, then fine-tuning
     tuned = models.load_model(out / "model.keras")
-    pretrained = transfer.build_backbone("efficientnet_lite0", 64)
+    pretrained = transfer.build_backbone("efficientnet_lite0", 64, pooling=LITE.pooling)
     backbone = tuned.get_layer("backbone")
     assert np.array_equal(
         backbone.get_layer("block3_dwconv").get_weights()[0],
