@@ -14,6 +14,8 @@ its paired bootstrap interval over the test posters (poster_ray.verdict).
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import statistics
 import subprocess
 import sys
@@ -36,6 +38,15 @@ MODELS = [
         for pooling in ("max", "gem", "avg+max")
     ),
     ("efficientnet_lite1", ["train", "--model", "efficientnet_lite1", "--epochs", "40"]),
+    # Several backbones under one head, every one at Lite0's 224 px.
+    *(
+        (
+            f"efficientnet_lite0_{'_'.join(name[-5:] for name in more)}_avg_max",
+            ["train", "--model", "efficientnet_lite0", "--epochs", "40", "--pooling", "avg+max"]
+            + ["--more-backbones", json.dumps(more)],
+        )
+        for more in (["efficientnet_lite2"], ["efficientnet_lite1", "efficientnet_lite2"])
+    ),
     ("efficientnet_lite2", ["train", "--model", "efficientnet_lite2", "--epochs", "40"]),
     *(
         (
@@ -138,8 +149,8 @@ def main() -> None:
         model_dir = run.model(name)
         if not model_dir.metrics.is_file():
             results[name] = {"wall_s": poster_ray(*command[1:])}
-        row, values = model_row(model_dir, results.get(name, {}).get("wall_s"), " ".join(command))
-        results.setdefault(name, {}).update(values, command=" ".join(command))
+        row, values = model_row(model_dir, results.get(name, {}).get("wall_s"), shlex.join(command))
+        results.setdefault(name, {}).update(values, command=shlex.join(command))
         lines.append(row)
         saved.write_json(results)
     first = next(name for name, _ in MODELS if not args.models or name in args.models)

@@ -205,6 +205,11 @@ class TrainConfig:
         "pretrained models: poster size (default: the backbone's native resolution)",
         minimum=1,
     )
+    more_backbones: list = setting(
+        help="pretrained models: more backbones (a JSON list of model names) whose features "
+        "join the model's own under its one head, every backbone on the same posters",
+        factory=list,
+    )
     pooling: str = setting(
         POOLINGS[0],
         "pretrained models: the backbone's features, averaged over the poster, its maximum, "

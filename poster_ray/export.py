@@ -98,6 +98,7 @@ def join_head(config: TrainConfig, run: RunDir, head: keras.Model) -> keras.Mode
         models.input_size(config.model, run.load_spec().image_size, config.input_size),
         weights=config.weights,
         pooling=config.pooling,
+        more_backbones=config.more_backbones,
         **config.hparams,
     )
     model.get_layer("head").set_weights(head.get_weights())

@@ -12,14 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import ray
 from ray.actor import ActorHandle
 
 from poster_ray import resources
-from poster_ray.config import POOLINGS
+from poster_ray.config import POOLINGS, SPLITS
 from poster_ray.data.cache import BLOCK_ROWS, ensure_decoded, read_cached_arrays, unpack_arrays
 from poster_ray.data.context import all_cpus_to_one_operator
-from poster_ray.data.tables import read_table
+from poster_ray.data.tables import read_table, write_table
 from poster_ray.layout import RunDir
 from poster_ray.progress import counted_progress
 from poster_ray.resources import TASK_CPUS
@@ -145,6 +146,53 @@ def ensure_features(
     dims = len(read_table(location, ["features"])["features"].iloc[0]) // 4
     marker.write_json({**wanted, "dims": dims})
     return FeatureCache(location, dims)
+
+
+def ensure_joined_features(
+    run: RunDir,
+    backbones: list[str],
+    image_size: int,
+    weights: str = "imagenet",
+    pooling: str = POOLINGS[0],
+) -> FeatureCache:
+    """Every backbone's features (`ensure_features`), side by side in one cache, in the
+    order of `backbones`: what a head on several backbones trains on (models.transfer
+    concatenates their outputs in the same order). One backbone's is its own cache.
+
+    Joined in the driver: a row is a poster's few thousand floats, a split a few
+    thousand rows, matched by poster id, each cache read once."""
+    caches = [ensure_features(run, name, image_size, weights, pooling) for name in backbones]
+    if len(caches) == 1:
+        return caches[0]
+    location = run.features("+".join(backbones), image_size, pooling)
+    marker = location / FEATURES_MARKER
+    wanted = {
+        "backbones": backbones,
+        "image_size": image_size,
+        "weights": weights,
+        "pooling": pooling,
+    }
+    if marker.is_file() and {key: marker.read_json().get(key) for key in wanted} == wanted:
+        return FeatureCache(location, marker.read_json()["dims"])
+    location.remove()
+    for split in SPLITS:
+        write_table(joined_split(caches, split), location / f"split={split}" / "part.parquet")
+    dims = sum(cache.dims for cache in caches)
+    marker.write_json({**wanted, "dims": dims})
+    return FeatureCache(location, dims)
+
+
+def joined_split(caches: list[FeatureCache], split: str) -> pd.DataFrame:
+    """One split of `caches`: the first's rows, each with every cache's features of the
+    same poster appended (float32 bytes, so appending bytes appends the vectors)."""
+    columns = ["id", "labels", "error", "features"]
+    frames = [read_table(cache.location / f"split={split}", columns) for cache in caches]
+    joined = frames[0]
+    for frame in frames[1:]:
+        more = frame[["id", "features"]].rename(columns={"features": "more"})
+        joined = joined.merge(more, on="id", validate="one_to_one")
+        joined["features"] = joined["features"] + joined.pop("more")
+    return joined
 
 
 def made_as(marker: dict) -> dict:

@@ -23,7 +23,7 @@ from poster_ray.config import MONITORS, TrainConfig
 from poster_ray.data.cache import ensure_decoded, load_split, split_sizes, train_labels
 from poster_ray.data.context import ordered_execution
 from poster_ray.errors import PosterRayError
-from poster_ray.features import FeatureCache, ensure_features
+from poster_ray.features import FeatureCache, ensure_joined_features
 from poster_ray.layout import ModelDir, RunDir
 from poster_ray.models.losses import positive_weights
 from poster_ray.runtime import interruptible, without_progress_bars
@@ -114,13 +114,20 @@ def is_trained(run: RunDir, name: str, config: TrainConfig, ignoring: tuple[str,
         return False
     if models.is_transfer(config.model) and config.fine_tune_blocks:
         config = fine_tune_config(config)
-    recorded = model_dir.train_config.read_json()
-    wanted = json.loads(json.dumps(asdict(config)))  # as it reads back from the file
+    # A setting added since the model was trained reads as its default, which the model
+    # was trained with.
+    recorded = {**as_json(TrainConfig()), **model_dir.train_config.read_json()}
+    wanted = as_json(config)
     return all(
         recorded.get(key) == value
         for key, value in wanted.items()
         if key not in (*PLACEMENT_SETTINGS, *ignoring)
     )
+
+
+def as_json(config: TrainConfig) -> dict:
+    """`config` as it reads back from its train_config.json."""
+    return json.loads(json.dumps(asdict(config)))
 
 
 def fit(
@@ -251,8 +258,9 @@ def feature_cache(run: RunDir, config: TrainConfig) -> FeatureCache | None:
     """A transfer model's backbone features, when its head is what trains."""
     if not models.is_transfer(config.model):
         return None
+    backbones = [config.model, *config.more_backbones]
     size = input_size(run, config)
-    return ensure_features(run, config.model, size, config.weights, config.pooling)
+    return ensure_joined_features(run, backbones, size, config.weights, config.pooling)
 
 
 def input_size(run: RunDir, config: TrainConfig) -> int:
@@ -323,6 +331,20 @@ def check_settings(config: TrainConfig) -> None:
     resources.resolve_precision(config.precision, config.gpu, native_bfloat16=False)
     models.make_loss(config.loss, [1.0])
     check_batch_covers_workers(config)
+    check_more_backbones(config)
+
+
+def check_more_backbones(config: TrainConfig) -> None:
+    if not config.more_backbones:
+        return
+    if not models.is_transfer(config.model):
+        raise PosterRayError(f"--more-backbones needs a pretrained model, not {config.model}")
+    if config.weights not in ("imagenet", "none"):
+        raise PosterRayError(
+            "--weights FILE holds one backbone's weights: with --more-backbones, "
+            "use imagenet or none"
+        )
+    models.backbone_models(config.model, config.more_backbones)
 
 
 def check_batch_covers_workers(config: TrainConfig) -> None:

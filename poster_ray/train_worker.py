@@ -85,6 +85,7 @@ def build_configured_model(
         hparams.update(
             weights=settings.weights,
             pooling=settings.pooling,
+            more_backbones=settings.more_backbones,
             trainable_blocks=settings.fine_tune_blocks,
             augment=bool(settings.fine_tune_blocks),
         )

@@ -9,6 +9,8 @@ only in training, so inference is unchanged).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from poster_ray.config import POOLINGS
 from poster_ray.errors import PosterRayError
 from poster_ray.models.backbones import BACKBONES, Backbone, freeze_blocks
@@ -29,14 +31,15 @@ def build_backbone(
     weights: str = "imagenet",
     trainable_blocks: int = 0,
     pooling: str = POOLINGS[0],
+    model_name: str = "backbone",
 ) -> keras.Model:
     """Backbone `name` at `image_size` (default: its native size) to features pooled as
     `pooling` says (models.pooling), its last `trainable_blocks` blocks trainable (0: all
-    frozen)."""
+    frozen); the model is called `model_name`."""
     backbone = backbone_of(name)
     feature_map = backbone.build(image_size or backbone.native_size, weights)
     features = pool_features(feature_map.output, pooling)
-    model = keras.Model(feature_map.inputs, features, name="backbone")
+    model = keras.Model(feature_map.inputs, features, name=model_name)
     freeze_blocks(model, backbone.blocks(model), trainable_blocks)
     return model
 
@@ -63,17 +66,36 @@ def build_transfer(
     trainable_blocks: int = 0,
     augment: bool = False,
     pooling: str = POOLINGS[0],
+    more_backbones: Sequence[str] = (),
     **head_hparams,
 ) -> keras.Model:
-    """uint8 posters -> [augmentation] -> backbone -> pooling -> head -> one sigmoid per
-    genre. `head_hparams` are `build_head`'s (units, dropout).
+    """uint8 posters -> [augmentation] -> backbone(s) -> pooling -> head -> one sigmoid
+    per genre. `head_hparams` are `build_head`'s (units, dropout). With `more_backbones`,
+    each sees the same posters and their features are concatenated, the model's own
+    first: the order of the feature caches the head trained on (features.py).
 
-    The backbone runs in inference mode (its BatchNorm statistics stay ImageNet's) even
-    where fine-tuning trains its top blocks: the usual choice with small datasets.
+    The backbones run in inference mode (BatchNorm statistics stay ImageNet's) even where
+    fine-tuning trains their top blocks: the usual choice with small datasets.
     """
-    base = build_backbone(backbone, image_size, weights, trainable_blocks, pooling)
-    head = build_head(base.output_shape[-1], num_genres, **head_hparams)
-    inputs = keras.Input(shape=base.input_shape[1:])
+    size = image_size or backbone_of(backbone).native_size  # one size for every backbone
+    bases = [
+        build_backbone(name, size, weights, trainable_blocks, pooling, model_name)
+        for name, model_name in backbone_models(backbone, more_backbones).items()
+    ]
+    inputs = keras.Input(shape=bases[0].input_shape[1:])
     x = augmentation()(inputs) if augment else inputs
-    outputs = head(base(x, training=False))
-    return keras.Model(inputs, outputs, name=f"{backbone}_transfer")
+    features = [base(x, training=False) for base in bases]
+    joined = features[0] if len(features) == 1 else keras.layers.Concatenate()(features)
+    head = build_head(joined.shape[-1], num_genres, **head_hparams)
+    return keras.Model(inputs, head(joined), name=f"{backbone}_transfer")
+
+
+def backbone_models(backbone: str, more_backbones: Sequence[str] = ()) -> dict[str, str]:
+    """Each backbone of a transfer model and its sub-model's name: the model's own is
+    "backbone" (as it always was), the others "backbone_" and their name."""
+    names = [backbone, *more_backbones]
+    if len(set(names)) < len(names):
+        raise PosterRayError(f"a backbone is named twice: {names}")
+    for name in more_backbones:
+        backbone_of(name)  # a known backbone, or one line naming the choices
+    return {name: "backbone" if i == 0 else f"backbone_{name}" for i, name in enumerate(names)}

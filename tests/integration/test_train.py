@@ -410,6 +410,15 @@ def test_a_model_too_deep_for_the_image_size_fails_in_the_driver(run):
         ({"batch_size": 1}, "--batch-size 1 is smaller than --workers 2"),
         ({"precision": "int8"}, "unknown precision 'int8'"),
         ({"workers": 3, "cpus_per_worker": 1.0}, "3 workers of 1 CPUs do not fit"),
+        ({"more_backbones": ["efficientnet_lite0"]}, "needs a pretrained model, not custom_cnn"),
+        (
+            {"model": "efficientnet_lite0", "more_backbones": ["vgg19"]},
+            "unknown backbone 'vgg19'",
+        ),
+        (
+            {"model": "vgg16", "more_backbones": ["resnet50"], "weights": "vgg16.h5"},
+            "--weights FILE holds one backbone's weights",
+        ),
     ],
 )
 def test_bad_settings_fail_before_training_starts(run, change, message):

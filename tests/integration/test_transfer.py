@@ -14,7 +14,7 @@ from poster_ray import models, train
 from poster_ray.config import TrainConfig
 from poster_ray.data.cache import read_split_arrays
 from poster_ray.errors import PosterRayError
-from poster_ray.features import ensure_features
+from poster_ray.features import ensure_features, ensure_joined_features
 from poster_ray.models import backbones, losses, transfer
 
 GENRES = 5
@@ -141,6 +141,27 @@ def test_transfer_model_is_backbone_then_a_head_that_stands_alone(tmp_path):
     np.testing.assert_allclose(loaded.predict(batch, verbose=0), model.predict(batch, verbose=0))
 
 
+def test_more_backbones_see_the_same_posters_and_join_their_features_in_order(tmp_path):
+    model = models.build_model(
+        "efficientnet_lite0", GENRES, 64, weights="none", more_backbones=["vgg16"], units=16
+    )
+    first, second = model.get_layer("backbone"), model.get_layer("backbone_vgg16")
+    head = model.get_layer("head")
+    assert head.input_shape == (None, 1280 + 512)
+    batch = pixels(2, 64)
+    joined = np.concatenate([first.predict(batch, verbose=0), second.predict(batch, verbose=0)], 1)
+    expected = head.predict(joined, verbose=0)
+    np.testing.assert_allclose(model.predict(batch, verbose=0), expected, atol=1e-5)
+    model.save(tmp_path / "model.keras")
+    loaded = models.load_model(tmp_path / "model.keras")  # safe mode
+    np.testing.assert_allclose(loaded.predict(batch, verbose=0), expected, atol=1e-5)
+
+
+def test_a_backbone_named_twice_is_refused():
+    with pytest.raises(PosterRayError, match="a backbone is named twice"):
+        models.backbone_models("efficientnet_lite0", ["efficientnet_lite0"])
+
+
 def test_augmentation_trains_only():
     model = models.build_model("efficientnet_lite0", GENRES, 64, weights="none", augment=True)
     augmentation = model.get_layer("augmentation")
@@ -199,10 +220,12 @@ def run(tmp_path_factory, ray_session):
 
 
 # One worker: two are test_train's; a second would import TensorFlow and trace the
-# backbone's gradients once more. Not the default pooling, so that it is the choice that
-# travels from the settings to the features, the head, the joined model and fine-tuning.
+# backbone's gradients once more. Two backbones and not the default pooling, so that
+# they are the choices that travel from the settings to the features, the head, the
+# joined model and fine-tuning.
 LITE = TrainConfig(
     model="efficientnet_lite0",
+    more_backbones=["efficientnet_lite1"],
     pooling="avg+max",
     input_size=64,
     epochs=3,
@@ -218,20 +241,30 @@ def head_model(run):
     return train.train(run, "lite", LITE)
 
 
+BACKBONES = [LITE.model, *LITE.more_backbones]
+
+
 def lite_features(run):
-    return ensure_features(run, "efficientnet_lite0", 64, pooling=LITE.pooling)
+    return ensure_joined_features(run, BACKBONES, 64, pooling=LITE.pooling)
 
 
 def test_features_are_cached_once_and_reused(run, head_model):
     cache = lite_features(run)
-    assert cache.location == run.features("efficientnet_lite0", 64, "avg+max")
+    assert cache.location == run.features("efficientnet_lite0+efficientnet_lite1", 64, "avg+max")
+    markers = [
+        ensure_features(run, name, 64, pooling=LITE.pooling).location / "_features.json"
+        for name in BACKBONES
+    ]
     marker = cache.location / "_features.json"
-    written = marker.read_json()
-    assert written["dims"] == 2 * 1280  # average and maximum of each channel
+    written = [path.read_json() for path in [marker, *markers]]
+    assert [entry["dims"] for entry in written] == [2 * 2 * 1280, 2 * 1280, 2 * 1280]
     assert lite_features(run).location == cache.location
-    assert marker.read_json() == written  # not computed again
+    assert [path.read_json() for path in [marker, *markers]] == written  # not computed again
     features, labels = cache.arrays("val")
-    assert features.shape == (len(labels), 2 * 1280) and features.dtype == np.float32
+    assert features.shape == (len(labels), 4 * 1280) and features.dtype == np.float32
+    # Each poster's row is the first backbone's features, then the second's.
+    first, _ = ensure_features(run, BACKBONES[0], 64, pooling=LITE.pooling).arrays("val")
+    assert any(np.array_equal(features[0, : 2 * 1280], row) for row in first)
 
 
 def test_the_exported_model_is_the_head_on_the_backbone_from_uint8_posters(run, head_model):
@@ -259,7 +292,7 @@ def test_fine_tuning_starts_from_the_head_and_changes_only_the_top_block(run, he
     assert [epoch["epoch"] for epoch in history] == [1, 2, 3, 4]  # head, then fine-tuning
     tuned = models.load_model(out / "model.keras")
     pretrained = transfer.build_backbone("efficientnet_lite0", 64, pooling=LITE.pooling)
-    backbone = tuned.get_layer("backbone")
+    backbone = tuned.get_layer("backbone")  # the first; the second's top block trains too
     assert np.array_equal(
         backbone.get_layer("block3_dwconv").get_weights()[0],
         pretrained.get_layer("block3_dwconv").get_weights()[0],
