@@ -118,6 +118,17 @@ def test_a_model_trained_with_the_same_settings_is_reused_not_exported_again(run
     assert not train.is_trained(run, "other", TINY)
 
 
+def test_a_model_trained_before_a_setting_existed_counts_as_trained_with_its_default(run, trained):
+    config_file = ModelDir(trained).train_config
+    recorded = config_file.read_json()
+    try:
+        config_file.write_json({k: v for k, v in recorded.items() if k != "pooling"})
+        assert train.is_trained(run, "tiny", TINY)
+        assert not train.is_trained(run, "tiny", replace(TINY, pooling="gem"))
+    finally:
+        config_file.write_json(recorded)
+
+
 def test_another_threshold_policy_exports_the_bundle_again_and_trains_nothing(run, trained, capsys):
     exported, history = (trained / "model.keras").read_bytes(), history_of(trained)
     assert train.train(run, "tiny", replace(TINY, threshold_policy="global")) == trained
