@@ -98,15 +98,9 @@ def ensure_features(
     must not depend on which node computed it.
     """
     location = run.features(backbone, image_size, pooling)
-    marker = location / FEATURES_MARKER
-    wanted = {
-        "backbone": backbone,
-        "image_size": image_size,
-        "weights": weights,
-        "pooling": pooling,
-    }
-    if marker.is_file() and made_as(marker.read_json()) == wanted:
-        return FeatureCache(location, marker.read_json()["dims"])
+    wanted = dict(backbone=backbone, image_size=image_size, weights=weights, pooling=pooling)
+    if cache := finished_cache(location, wanted):
+        return cache
     ensure_decoded(run, image_size)
     plan = resources.plan_workers(
         resources.alive_nodes(), "feature extraction", leave_for_tasks=1.0
@@ -144,7 +138,7 @@ def ensure_features(
             ray_remote_args={"num_cpus": plan.task_cpus},
         )
     dims = len(read_table(location, ["features"])["features"].iloc[0]) // 4
-    marker.write_json({**wanted, "dims": dims})
+    (location / FEATURES_MARKER).write_json({**wanted, "dims": dims})
     return FeatureCache(location, dims)
 
 
@@ -165,20 +159,14 @@ def ensure_joined_features(
     if len(caches) == 1:
         return caches[0]
     location = run.features("+".join(backbones), image_size, pooling)
-    marker = location / FEATURES_MARKER
-    wanted = {
-        "backbones": backbones,
-        "image_size": image_size,
-        "weights": weights,
-        "pooling": pooling,
-    }
-    if marker.is_file() and {key: marker.read_json().get(key) for key in wanted} == wanted:
-        return FeatureCache(location, marker.read_json()["dims"])
+    wanted = dict(backbones=backbones, image_size=image_size, weights=weights, pooling=pooling)
+    if cache := finished_cache(location, wanted):
+        return cache
     location.remove()
     for split in SPLITS:
         write_table(joined_split(caches, split), location / f"split={split}" / "part.parquet")
     dims = sum(cache.dims for cache in caches)
-    marker.write_json({**wanted, "dims": dims})
+    (location / FEATURES_MARKER).write_json({**wanted, "dims": dims})
     return FeatureCache(location, dims)
 
 
@@ -195,8 +183,13 @@ def joined_split(caches: list[FeatureCache], split: str) -> pd.DataFrame:
     return joined
 
 
-def made_as(marker: dict) -> dict:
-    """What a cache was made from, as its marker says; caches made before pooling was a
-    choice were average-pooled."""
-    made = {key: marker[key] for key in ("backbone", "image_size", "weights")}
-    return {**made, "pooling": marker.get("pooling", POOLINGS[0])}
+def finished_cache(location: Location, wanted: dict) -> FeatureCache | None:
+    """The cache at `location` when its marker (written last) says it was made as
+    `wanted` says; caches made before pooling was a choice were average-pooled."""
+    marker = location / FEATURES_MARKER
+    if not marker.is_file():
+        return None
+    made = {"pooling": POOLINGS[0], **marker.read_json()}
+    if any(made.get(key) != value for key, value in wanted.items()):
+        return None
+    return FeatureCache(location, made["dims"])

@@ -14,18 +14,39 @@ from processes import descendants, end_all, running, wait_until
 
 # A driver that starts the reaper as init_ray does, then (after argv[1] seconds) a child
 # that escapes its process group and ignores SIGTERM (as Ray's agents outlived their
-# driver), and waits.
+# driver), and waits. The child is started without the driver's mark, so that only the
+# reaper's polls can find it.
 DRIVER = """
-import subprocess, sys, time
+import os, subprocess, sys, time
+from poster_ray.reaper import MARK_VAR
 from poster_ray.runtime import start_reaper
 start_reaper()
 time.sleep(float(sys.argv[1]))
+unmarked = {key: value for key, value in os.environ.items() if key != MARK_VAR}
 subprocess.Popen([sys.executable, "-c",
     "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"],
-    start_new_session=True)
+    start_new_session=True, env=unmarked)
 print("ready", flush=True)
 time.sleep(300)
 """
+
+
+def start_driver(code: str, *argv: str) -> subprocess.Popen:
+    """`code` as a driver in a session of its own, its stdout read by the test."""
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *argv],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def kill_and_wait(driver: subprocess.Popen, processes: set) -> bool:
+    """SIGKILL the driver; whether `processes` end within 10 s (the reaper's grace and
+    SIGKILL included: SIGTERM is ignored by the test's escaped child)."""
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    return wait_until(lambda: not running(processes), timeout=10)
 
 
 @pytest.mark.parametrize(
@@ -34,22 +55,14 @@ time.sleep(300)
     ids=["while-processes-start", "once-quiet"],
 )
 def test_a_killed_drivers_processes_end_within_seconds(quiet_for, noted_within):
-    driver = subprocess.Popen(
-        [sys.executable, "-c", DRIVER, str(quiet_for)],
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    driver = start_driver(DRIVER, str(quiet_for))
     started = set()
     try:
         assert driver.stdout.readline() == "ready\n"
         started = descendants(driver.pid)
         assert len(started) == 2  # the reaper and the escaped child
         time.sleep(noted_within)
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait()
-        # SIGTERM is ignored: the reaper's SIGKILL after its grace period ends it.
-        assert wait_until(lambda: not running(started), timeout=10)
+        assert kill_and_wait(driver, started)
     finally:
         driver.kill()
         end_all(started)
@@ -73,20 +86,13 @@ time.sleep(300)
 def test_a_killed_drivers_orphaned_process_is_found_by_its_mark():
     from poster_ray.reaper import parent_and_start
 
-    driver = subprocess.Popen(
-        [sys.executable, "-c", ORPHANING_DRIVER],
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    driver = start_driver(ORPHANING_DRIVER)
     orphan = set()
     try:
         pid = int(driver.stdout.readline())
         orphan = {(pid, parent_and_start(pid)[1])}
         assert parent_and_start(pid)[0] != driver.pid  # not the driver's descendant
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait()
-        assert wait_until(lambda: not running(orphan), timeout=10)
+        assert kill_and_wait(driver, orphan)
     finally:
         driver.kill()
         end_all(orphan)

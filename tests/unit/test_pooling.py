@@ -61,9 +61,13 @@ def test_each_pooling_has_its_own_cache_and_average_keeps_the_earlier_folder(tmp
     assert len(set(folders.values())) == len(POOLINGS)
 
 
-def test_a_cache_marked_before_pooling_was_a_choice_counts_as_average():
-    from poster_ray.features import made_as
+def test_a_cache_marked_before_pooling_was_a_choice_counts_as_average(tmp_path):
+    from poster_ray.features import FEATURES_MARKER, finished_cache
+    from poster_ray.storage import Location
 
-    old = {"backbone": "efficientnet_lite0", "image_size": 64, "weights": "imagenet", "dims": 8}
-    assert made_as(old)["pooling"] == "avg"
-    assert made_as({**old, "pooling": "gem"})["pooling"] == "gem"
+    location = Location.of(str(tmp_path))
+    made = {"backbone": "efficientnet_lite0", "image_size": 64, "weights": "imagenet"}
+    (location / FEATURES_MARKER).write_json({**made, "dims": 8})  # no "pooling"
+    assert finished_cache(location, {**made, "pooling": "avg"}).dims == 8
+    assert finished_cache(location, {**made, "pooling": "gem"}) is None
+    assert finished_cache(location / "absent", {**made, "pooling": "avg"}) is None
