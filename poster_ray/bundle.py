@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from poster_ray.config import PreprocessSpec, checked_genres
+from poster_ray.config import VIEW_COUNTS, PreprocessSpec, checked_genres
 from poster_ray.errors import PosterRayError, RunFailure
 from poster_ray.layout import MODEL_FILE
 from poster_ray.storage import Location
@@ -65,6 +65,11 @@ class Bundle:
     thresholds: np.ndarray
     info: dict
     path: Location
+
+    @property
+    def test_views(self) -> int:
+        """The views whose predictions evaluation averages (TrainConfig.test_views)."""
+        return self.info["train_config"].get("test_views", 1)
 
 
 def content_hash(directory: str | os.PathLike | Location) -> str:
@@ -188,6 +193,12 @@ def check_description(
     for key in ("train_config", "metrics"):
         if not isinstance(info.get(key), dict):
             raise RunFailure(f"{source / INFO_FILE}: {key} is not an object; {REEXPORT_HINT}")
+    views = info["train_config"].get("test_views", 1)
+    if views not in VIEW_COUNTS:
+        raise RunFailure(
+            f"{source / INFO_FILE}: test_views is {views!r}, not one of {list(VIEW_COUNTS)}; "
+            f"{REEXPORT_HINT}"
+        )
 
 
 def check_thresholds(value: object, genres: list[str], source: Location) -> np.ndarray:

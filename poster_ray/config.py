@@ -137,6 +137,35 @@ LOSSES = ("bce", "weighted_bce", "focal", "asymmetric")
 # first is what ImageNet classifiers use, and every cache made before the choice existed.
 POOLINGS = ("avg", "max", "gem", "avg+max")
 
+
+@dataclass(frozen=True)
+class PosterView:
+    """One fixed view of a poster (models.views): the part of it kept, as a box of
+    fractions (top, left, bottom, right) stretched back to the full size, mirrored or
+    not, and its contrast scaled about its mean. Fixed, not random: a head trains on
+    each view's cached features, and test-time augmentation averages the same views."""
+
+    name: str
+    box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+    mirror: bool = False
+    contrast: float = 1.0
+
+
+# The views of `--views K` and `--test-views K` are the first K, the poster itself
+# first. Posters put titles and faces near the edges: crops keep 88% of each side.
+POSTER_VIEWS = (
+    PosterView("poster"),
+    PosterView("mirror", mirror=True),
+    PosterView("zoom", box=(0.06, 0.06, 0.94, 0.94)),
+    PosterView("mirror zoom", box=(0.06, 0.06, 0.94, 0.94), mirror=True),
+    PosterView("top", box=(0.0, 0.06, 0.88, 0.94)),
+    PosterView("mirror bottom", box=(0.12, 0.06, 1.0, 0.94), mirror=True),
+    PosterView("more contrast", contrast=1.3),
+    PosterView("mirror, less contrast", mirror=True, contrast=0.75),
+)
+VIEW_COUNTS = tuple(range(1, len(POSTER_VIEWS) + 1))
+
+
 # How validation posters set a bundle's thresholds (poster_ray.thresholds): auto picks one
 # of the others by cross-validation; the others in order of preference on a tie.
 AUTO_THRESHOLD_POLICY = "auto"
@@ -216,6 +245,18 @@ class TrainConfig:
         "a generalised mean (GeM, p=3), or average and maximum side by side",
         choices=POOLINGS,
     )
+    views: int = setting(
+        1,
+        "pretrained models: views of each training poster (the poster, its mirror image, "
+        "crops, contrast; config.POSTER_VIEWS) whose cached features the head trains on",
+        choices=VIEW_COUNTS,
+    )
+    test_views: int = setting(
+        1,
+        "views of each poster whose predictions evaluation averages (test-time "
+        "augmentation), the first of the same views; saved in the bundle",
+        choices=VIEW_COUNTS,
+    )
     fine_tune_blocks: int = setting(
         0,
         "pretrained models: top backbone blocks to unfreeze after the head; 0: frozen",
@@ -278,6 +319,12 @@ class InferSettings:
         None, "CPUs each model actor reserves (default: planned from the nodes)", above=0
     )
     all_probabilities: bool = setting(False, "also write every genre's probability")
+    views: int = setting(
+        1,
+        "views of each poster whose predictions are averaged (test-time augmentation, "
+        "config.POSTER_VIEWS): K views cost K passes of the model",
+        choices=VIEW_COUNTS,
+    )
     num_cpus: int | None = num_cpus_setting()
 
 

@@ -37,6 +37,7 @@ from poster_ray.data.cache import read_split_arrays, train_labels
 from poster_ray.data.tables import write_table
 from poster_ray.errors import PosterRayError
 from poster_ray.layout import ModelDir, RunDir
+from poster_ray.models.views import with_test_views
 from poster_ray.storage import Location
 from poster_ray.tf_import import keras
 
@@ -83,8 +84,9 @@ def evaluate_model_dir(model_dir: str | os.PathLike | Location, run: RunDir) -> 
     model_dir = ModelDir(model_dir)
     bundle = load_model_bundle(model_dir, run)
     genres, thresholds = bundle.genres, bundle.thresholds
-    _, val_labels, val_prob = predict_split(bundle.model, run, "val")
-    test_ids, test_labels, test_prob = predict_split(bundle.model, run, "test")
+    model = with_test_views(bundle.model, bundle.test_views)
+    _, val_labels, val_prob = predict_split(model, run, "val")
+    test_ids, test_labels, test_prob = predict_split(model, run, "test")
     rows = {
         MODEL_AT_HALF: metrics.classification_metrics(test_labels, test_prob, 0.5, genres),
         MODEL_CALIBRATED: metrics.classification_metrics(

@@ -20,6 +20,7 @@ from poster_ray.bundle import check_model_matches, write_bundle
 from poster_ray.config import AUTO_THRESHOLD_POLICY, TrainConfig, pick_best
 from poster_ray.evaluate import predict_split
 from poster_ray.layout import HISTORY_FILE, MODEL_FILE, ModelDir, RunDir
+from poster_ray.models.views import with_test_views
 from poster_ray.plots import plot_history
 from poster_ray.storage import Location
 from poster_ray.tf_import import keras
@@ -127,9 +128,11 @@ def export_bundle(run: RunDir, model_dir: ModelDir) -> Location:
         model = models.load_model(path)
     spec = replace(run.load_spec(), image_size=model.input_shape[1])
     check_model_matches(model, len(genres), spec, model_dir.model)
-    _, labels, probabilities = predict_split(model, run, "val")
-    keras.backend.clear_session()
     train_config = model_dir.train_config.read_json() if model_dir.train_config.is_file() else {}
+    # Thresholds for the predictions evaluation makes: averaged over the test views.
+    tested = with_test_views(model, train_config.get("test_views", 1))
+    _, labels, probabilities = predict_split(tested, run, "val")
+    keras.backend.clear_session()
     requested = train_config.get("threshold_policy", AUTO_THRESHOLD_POLICY)
     thresholds, policy = choose_thresholds(requested, labels, probabilities)
     name = model_dir.name

@@ -173,10 +173,14 @@ class RunDir(Folder):
         """Every backbone's cached features of the run."""
         return self.root / "features"
 
-    def features(self, backbone: str, image_size: int, pooling: str = POOLINGS[0]) -> Location:
-        """A frozen backbone's pooled features of every poster, partitioned by split (the
-        first pooling's folder carries no suffix: it is every earlier run's)."""
+    def features(
+        self, backbone: str, image_size: int, pooling: str = POOLINGS[0], view: int = 0
+    ) -> Location:
+        """A frozen backbone's pooled features of every poster, partitioned by split, or
+        of view `view` of each training poster (config.POSTER_VIEWS). The first pooling
+        and view 0 add no suffix: the folder is every earlier run's."""
         suffix = "" if pooling == POOLINGS[0] else f"-{pooling.replace('+', '-')}"
+        suffix += f"-view{view}" if view else ""
         return self.feature_caches / f"{backbone}-{image_size}px{suffix}"
 
     @property

@@ -23,7 +23,7 @@ from poster_ray.config import MONITORS, TrainConfig
 from poster_ray.data.cache import ensure_decoded, load_split, split_sizes, train_labels
 from poster_ray.data.context import ordered_execution
 from poster_ray.errors import PosterRayError
-from poster_ray.features import FeatureCache, ensure_joined_features
+from poster_ray.features import FeatureCache, ensure_training_features
 from poster_ray.layout import ModelDir, RunDir
 from poster_ray.models.losses import positive_weights
 from poster_ray.runtime import interruptible, without_progress_bars
@@ -235,7 +235,8 @@ def read_training_splits(
         ensure_decoded(run, size)
 
     def read(split: str) -> ray.data.Dataset:
-        block_rows = share_block_rows(sizes[split], config.workers)
+        rows = sizes[split] * (len(cache.split_parts(split)) if cache is not None else 1)
+        block_rows = share_block_rows(rows, config.workers)
         if cache is not None:
             return cache.split(split, task_cpus, block_rows)
         return load_split(run, split, size, task_cpus, block_rows)
@@ -255,12 +256,15 @@ def smallest_share(datasets: dict[str, ray.data.Dataset], split: str, workers: i
 
 
 def feature_cache(run: RunDir, config: TrainConfig) -> FeatureCache | None:
-    """A transfer model's backbone features, when its head is what trains."""
+    """A transfer model's backbone features (of its `views` of each training poster),
+    when its head is what trains."""
     if not models.is_transfer(config.model):
         return None
     backbones = [config.model, *config.more_backbones]
     size = input_size(run, config)
-    return ensure_joined_features(run, backbones, size, config.weights, config.pooling)
+    return ensure_training_features(
+        run, backbones, size, config.weights, config.pooling, config.views
+    )
 
 
 def input_size(run: RunDir, config: TrainConfig) -> int:
@@ -332,6 +336,8 @@ def check_settings(config: TrainConfig) -> None:
     models.make_loss(config.loss, [1.0])
     check_batch_covers_workers(config)
     check_more_backbones(config)
+    if config.views > 1 and not models.is_transfer(config.model):
+        raise PosterRayError(f"--views needs a pretrained model, not {config.model}")
 
 
 def check_more_backbones(config: TrainConfig) -> None:

@@ -7,6 +7,7 @@ native resolution, say) is decoded beside the run's own the first time it is ask
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -118,14 +119,15 @@ def load_split(
 
 
 def read_cached_arrays(
-    location: Location,
+    location: Location | Sequence[Location],
     column: str,
     dtype: str,
     shape: tuple[int, ...],
     task_cpus: float = TASK_CPUS,
     block_rows: int = BLOCK_ROWS,
 ) -> ray.data.Dataset:
-    """A cache's usable rows as a Ray Dataset of `column` (arrays) and `labels`.
+    """A cache's usable rows (at `location`, or several) as a Ray Dataset of `column`
+    (arrays) and `labels`.
 
     Its tasks ask for `task_cpus` each: a block of a materialized split lost with its
     node is rebuilt by running its tasks again while the training workers hold their
@@ -137,7 +139,7 @@ def read_cached_arrays(
 
     return (
         ray.data.read_parquet(
-            location.uri,
+            [part.uri for part in ([location] if isinstance(location, Location) else location)],
             columns=[column, "labels", "error"],
             num_cpus=task_cpus,
         )

@@ -59,17 +59,21 @@ def inference_precision(
 class ModelActor:
     """Decoded batches (path, chunk, image, error) in, output rows (+ chunk) out."""
 
-    def __init__(self, bundle: str, threads: int, precision: str, all_probabilities: bool) -> None:
+    def __init__(
+        self, bundle: str, threads: int, precision: str, all_probabilities: bool, views: int = 1
+    ) -> None:
         self.threads = configure_tensorflow_threads(threads)
         gpus = prepare_tensorflow_gpus()
         from poster_ray.models import inference_function
+        from poster_ray.models.views import with_test_views
 
         loaded = load_bundle(bundle)
         self.genres = loaded.genres
         self.thresholds = loaded.thresholds
         self.bundle_hash = loaded.info["content_hash"]
         self.precision = inference_precision(precision, gpus > 0, loaded.info.get("model"))
-        self.predict = inference_function(model_in_precision(loaded.model, self.precision))
+        model = model_in_precision(loaded.model, self.precision)
+        self.predict = inference_function(with_test_views(model, views))
         self.all_probabilities = all_probabilities
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:

@@ -40,6 +40,7 @@ def run_inference(
     gpu: bool = InferSettings.gpu,
     batch_size: int = InferSettings.batch_size,
     all_probabilities: bool = InferSettings.all_probabilities,
+    views: int = InferSettings.views,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     num_cpus: int | None = InferSettings.num_cpus,
     precision: str = InferSettings.precision,
@@ -70,7 +71,13 @@ def run_inference(
     info = verified_info(bundle_location)
     folder.claim(
         job_record(
-            source, paths, bundle_location.uri, info["content_hash"], chunk_size, all_probabilities
+            source,
+            paths,
+            bundle_location.uri,
+            info["content_hash"],
+            chunk_size,
+            all_probabilities,
+            views,
         )
     )
     bounds = chunk_bounds(len(paths), chunk_size)
@@ -99,6 +106,7 @@ def run_inference(
             batch_size,
             precision,
             all_probabilities,
+            views,
         )
         schema = output_schema(info["num_genres"], all_probabilities)
         writer = ChunkWriter(

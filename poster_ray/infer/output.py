@@ -31,7 +31,10 @@ JOB_KEYS = {
     "bundle_hash": "the bundle",
     "chunk_size": "the chunk size",
     "all_probabilities": "--all-probabilities",
+    "views": "--views",
 }
+# What a record written before a key existed held.
+JOB_KEY_DEFAULTS = {"views": 1}
 
 
 def part_name(chunk: int) -> str:
@@ -45,6 +48,7 @@ def job_record(
     bundle_hash: str,
     chunk_size: int,
     all_probabilities: bool,
+    views: int = 1,
 ) -> dict:
     """What _job.json holds: the JOB_KEYS that identify the job, plus notes for humans."""
     return {
@@ -52,6 +56,7 @@ def job_record(
         "bundle_hash": bundle_hash,
         "chunk_size": chunk_size,
         "all_probabilities": all_probabilities,
+        "views": views,
         "input": source,
         "files": len(paths),
         "bundle": bundle,
@@ -79,7 +84,7 @@ class OutputFolder:
         """Record the job in DIR/_job.json, or check that DIR holds this same job's parts."""
         record = self.location / JOB_FILE
         if record.is_file():
-            recorded = record.read_json()
+            recorded = {**JOB_KEY_DEFAULTS, **record.read_json()}
             changed = [name for key, name in JOB_KEYS.items() if recorded.get(key) != job[key]]
             if changed:
                 raise PosterRayError(

@@ -130,6 +130,7 @@ def inference_dataset(
     batch_size: int,
     precision: str,
     all_probabilities: bool,
+    views: int = 1,
 ) -> ray.data.Dataset:
     """path, chunk -> decode (tasks, per-file errors) -> model (actor pool) -> output rows."""
     num_blocks = max(1, math.ceil(len(records) / ROWS_PER_DECODE_TASK))
@@ -148,6 +149,7 @@ def inference_dataset(
                 "threads": plan.threads,
                 "precision": precision,
                 "all_probabilities": all_probabilities,
+                "views": views,
             },
             compute=ray.data.ActorPoolStrategy(min_size=plan.min_actors, max_size=plan.max_actors),
             batch_size=batch_size,

@@ -20,8 +20,10 @@ from infer_support import (
     read_output,
 )
 
+from poster_ray.bundle import load_bundle
 from poster_ray.cli import main
 from poster_ray.errors import PosterRayError
+from poster_ray.images import read_and_decode
 from poster_ray.infer import output, pipeline, run_inference
 from poster_ray.infer.inputs import chunk_bounds, resolve_inputs
 from poster_ray.infer.output import OutputFolder, job_record
@@ -211,6 +213,15 @@ def test_another_bundle_into_the_same_folder_is_refused(tmp_path):
         folder.claim({**job, "bundle_hash": "hash-2"})
 
 
+def test_another_number_of_views_is_refused_and_a_record_before_views_read_as_one(tmp_path):
+    folder = OutputFolder(tmp_path)
+    job = job_record("in", ["/a.jpg"], "b", "hash-1", 4, False)
+    (tmp_path / "_job.json").write_text(json.dumps({k: v for k, v in job.items() if k != "views"}))
+    folder.claim(job)
+    with pytest.raises(PosterRayError, match=r"another job \(--views differ"):
+        folder.claim({**job, "views": 2})
+
+
 def test_parts_without_a_job_record_are_refused(tmp_path):
     (tmp_path / "part-000000.parquet").write_bytes(b"PAR1")
     with pytest.raises(PosterRayError, match="not a poster-ray infer output"):
@@ -322,6 +333,22 @@ def test_a_crashed_model_actor_is_replaced_and_loses_no_rows(
     assert rows["path"].tolist() == resolve_inputs(source)
     failed = set(rows.loc[rows["status"] == "error", "id"])
     assert failed == {*BROKEN} - {"missing"} | {"readme"}  # the glob matches readme.txt too
+
+
+def test_views_average_the_model_over_each_poster_and_its_mirror_image(bundle, archive, tmp_path):
+    out = tmp_path / "views"
+    argv = ["infer", str(bundle), "--input", str(archive), "--output", str(out)]
+    assert main([*argv, "--views", "2", "--all-probabilities", "--precision", "float32"]) == 0
+    rows = read_output(out)
+    ok = rows[rows["status"] == "ok"]
+    loaded = load_bundle(bundle)
+    images = np.stack([read_and_decode(path, loaded.spec)[0] for path in ok["path"]])
+    alone = loaded.model.predict(images, verbose=0)
+    mirrored = loaded.model.predict(images[:, :, ::-1], verbose=0)
+    np.testing.assert_allclose(
+        np.stack(ok["probabilities"].to_numpy()), (alone + mirrored) / 2, atol=1e-4
+    )
+    assert json.loads((out / "_job.json").read_text())["views"] == 2
 
 
 def test_a_standalone_job_starts_its_own_ray_and_completes(bundle, list_file, tmp_path):

@@ -11,11 +11,15 @@ import tf_keras as keras
 from synthetic import prepared_run
 
 from poster_ray import models, train
+from poster_ray.bundle import load_bundle
 from poster_ray.config import TrainConfig
 from poster_ray.data.cache import read_split_arrays
 from poster_ray.errors import PosterRayError
-from poster_ray.features import ensure_features, ensure_joined_features
+from poster_ray.evaluate import predict_split
+from poster_ray.features import ensure_features, ensure_joined_features, ensure_training_features
+from poster_ray.metrics import classification_metrics
 from poster_ray.models import backbones, losses, transfer
+from poster_ray.models.views import with_test_views
 
 GENRES = 5
 
@@ -227,6 +231,8 @@ LITE = TrainConfig(
     model="efficientnet_lite0",
     more_backbones=["efficientnet_lite1"],
     pooling="avg+max",
+    views=2,
+    test_views=2,
     input_size=64,
     epochs=3,
     batch_size=16,
@@ -248,6 +254,10 @@ def lite_features(run):
     return ensure_joined_features(run, BACKBONES, 64, pooling=LITE.pooling)
 
 
+def lite_training_features(run):
+    return ensure_training_features(run, BACKBONES, 64, pooling=LITE.pooling, views=LITE.views)
+
+
 def test_features_are_cached_once_and_reused(run, head_model):
     cache = lite_features(run)
     assert cache.location == run.features("efficientnet_lite0+efficientnet_lite1", 64, "avg+max")
@@ -265,6 +275,41 @@ def test_features_are_cached_once_and_reused(run, head_model):
     # Each poster's row is the first backbone's features, then the second's.
     first, _ = ensure_features(run, BACKBONES[0], 64, pooling=LITE.pooling).arrays("val")
     assert any(np.array_equal(features[0, : 2 * 1280], row) for row in first)
+
+
+def test_a_second_view_of_each_training_poster_is_cached_and_trained_on(run, head_model):
+    """View 1 is the mirror image: its cache holds the backbone's features of each
+    training poster mirrored, and the head's training split holds both views."""
+    mirrored = ensure_features(run, BACKBONES[0], 64, pooling=LITE.pooling, view=1)
+    assert mirrored.location == run.features(BACKBONES[0], 64, LITE.pooling, view=1)
+    assert [part.name for part in mirrored.location.iterdir()] == ["_features.json", "split=train"]
+    from poster_ray.data.tables import read_table
+
+    cached = read_table(mirrored.location / "split=train", ["id"])["id"].tolist()
+    features, _ = mirrored.arrays("train")
+    ids, images, _ = read_split_arrays(run, "train", 64)
+    assert sorted(cached) == sorted(ids)
+    backbone = transfer.build_backbone(BACKBONES[0], 64, pooling=LITE.pooling)
+    expected = backbone.predict(images[:, :, ::-1], verbose=0)
+    order = {poster_id: row for row, poster_id in enumerate(ids)}
+    np.testing.assert_allclose(features, expected[[order[i] for i in cached]], atol=1e-3)
+    training = lite_training_features(run)
+    assert len(training.arrays("train")[0]) == 2 * len(ids)
+    assert len(training.arrays("val")[0]) == len(read_split_arrays(run, "val", 64)[0])
+
+
+def test_the_bundle_averages_its_test_views(run, head_model):
+    bundle = load_bundle(head_model / "bundle")
+    assert bundle.test_views == 2
+    metrics = json.loads((head_model / "bundle" / "bundle.json").read_text())["metrics"]
+    model = with_test_views(bundle.model, 2)
+    _, labels, probabilities = predict_split(model, run, "val")
+    assert metrics["posters"] == len(labels)  # thresholds set on the averaged predictions
+    assert metrics["micro_f1@calibrated"] == pytest.approx(
+        classification_metrics(labels, probabilities, bundle.thresholds, bundle.genres)["micro"][
+            "f1"
+        ]
+    )
 
 
 def test_the_exported_model_is_the_head_on_the_backbone_from_uint8_posters(run, head_model):

@@ -211,3 +211,12 @@ def test_python_code_is_refused_without_tensorflow(tmp_path):
     ).stdout.splitlines()
     assert "refusing to load this model: a Lambda layer" in printed[0]
     assert printed[1] == "False"
+
+
+def test_a_number_of_test_views_past_the_views_is_refused(model_file, tmp_path):
+    path = write_bundle(
+        tmp_path / "bundle", model_file, GENRES, SPEC, THRESHOLDS, {**CONFIG, "test_views": 99}, {}
+    ).local_path
+    with pytest.raises(RunFailure, match="test_views is 99, not one of"):
+        verified_info(path)
+    assert load_bundle(write(tmp_path / "plain", model_file)).test_views == 1
