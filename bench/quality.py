@@ -37,6 +37,16 @@ MODELS = [
         )
         for pooling in ("max", "gem", "avg+max")
     ),
+    # The head on 4 views of each training poster (config.POSTER_VIEWS), evaluated on the
+    # poster alone, then averaged over its first 2 and 4 views (test-time augmentation).
+    *(
+        (
+            f"efficientnet_lite0_views4{f'_tta{test}' if test > 1 else ''}",
+            ["train", "--model", "efficientnet_lite0", "--epochs", "40", "--views", "4"]
+            + ["--test-views", str(test)],
+        )
+        for test in (1, 2, 4)
+    ),
     ("efficientnet_lite1", ["train", "--model", "efficientnet_lite1", "--epochs", "40"]),
     # Several backbones under one head, every one at Lite0's 224 px, average-pooled.
     *(

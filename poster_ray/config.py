@@ -259,11 +259,18 @@ class TrainConfig:
     )
     fine_tune_blocks: int = setting(
         0,
-        "pretrained models: top backbone blocks to unfreeze after the head; 0: frozen",
+        "pretrained models: top backbone blocks to unfreeze after the head (all of them, "
+        "17 for Lite0: the whole backbone but its stem); 0: frozen",
         minimum=0,
     )
     fine_tune_epochs: int = setting(3, "epochs of fine-tuning, at most", minimum=1)
     fine_tune_learning_rate: float = setting(1e-4, "learning rate of fine-tuning", above=0)
+    fine_tune_backbone_rate: float = setting(
+        1.0,
+        "fine-tuning: the backbone's learning rate as a fraction of the head's "
+        "(discriminative learning rates; 1: one rate for both)",
+        above=0,
+    )
     threshold_policy: str = setting(
         AUTO_THRESHOLD_POLICY,
         "the bundle's thresholds: one per genre, one global, per genre shrunk toward the "
@@ -302,6 +309,12 @@ class TuneSettings:
     start_points: list[dict] = setting(
         help="points tried first, as a JSON list of objects (default: the untuned model)",
         factory=list,
+    )
+    feature_choices: dict = setting(
+        help="pretrained models: what features the head trains on, searched too, as a JSON "
+        'object of lists: {"views": [1, 2, 4], "pooling": ["avg", "gem"]}; each '
+        "combination's features are cached before the first trial",
+        factory=dict,
     )
 
 

@@ -180,7 +180,13 @@ def restore_or_build(loop: TrainLoopConfig, precision: str):
     model = build_configured_model(settings, loop.inputs, precision)
     if loop.head_weights is not None:
         model.get_layer("head").set_weights(loop.head_weights)
-    models.compile_model(model, settings.learning_rate, settings.loss, loop.loss_weights)
+    models.compile_model(
+        model,
+        settings.learning_rate,
+        settings.loss,
+        loop.loss_weights,
+        backbone_rate=settings.fine_tune_backbone_rate,
+    )
     return model, []
 
 
@@ -325,6 +331,7 @@ class EpochReport(keras.callbacks.Callback):
             epoch=epoch + 1,
             seconds=round(time.perf_counter() - self.started, 2),
             train_images_per_s=round(self.images / train_seconds, 2),
+            train_images=self.images,  # every worker's: K views make K times as many
             compute_precision=self.precision,
             # Where the run was placed: workers in all, and beside rank 0 on its node.
             workers=ray.train.get_context().get_world_size(),

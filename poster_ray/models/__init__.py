@@ -18,6 +18,7 @@ from poster_ray.models.backbones import BACKBONES
 from poster_ray.models.cnn import build_custom_cnn
 from poster_ray.models.heads import build_head, genre_head
 from poster_ray.models.losses import LOSSES, make_loss
+from poster_ray.models.optimizers import make_optimizer
 from poster_ray.models.spaces import DEFAULT_POINTS, SEARCH_SPACES, Choice, Range, point_settings
 from poster_ray.models.transfer import backbone_models, build_transfer
 from poster_ray.resources import set_keras_precision
@@ -92,9 +93,11 @@ def compile_model(
     learning_rate: float = 1e-3,
     loss: str = "bce",
     loss_weights: list[float] | None = None,
+    backbone_rate: float = 1.0,
 ) -> None:
     """Adam on a multi-label loss: one independent yes/no decision per genre
-    (binary cross-entropy by default; see models.losses for the others).
+    (binary cross-entropy by default; see models.losses for the others). A fine-tuned
+    backbone's steps are `backbone_rate` times the head's (models.optimizers).
 
     Under mixed_float16, ``Model.compile`` wraps the optimizer in a LossScaleOptimizer
     itself; bfloat16 has float32's range and needs no loss scaling. The metrics keep
@@ -104,7 +107,7 @@ def compile_model(
     at the first epoch's end.
     """
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer=make_optimizer(model, learning_rate, backbone_rate),
         loss=make_loss(loss, loss_weights),
         metrics=[
             keras.metrics.Precision(name="precision", dtype="float32"),

@@ -85,8 +85,11 @@ TRANSFER_MODELS = (
 SEARCH_SPACES = {"custom_cnn": CNN_SPACE, **dict.fromkeys(TRANSFER_MODELS, HEAD_SPACE)}
 DEFAULT_POINTS = {"custom_cnn": CNN_DEFAULT, **dict.fromkeys(TRANSFER_MODELS, HEAD_DEFAULT)}
 assert all(DEFAULT_POINTS[name].keys() == SEARCH_SPACES[name].keys() for name in SEARCH_SPACES)
+# What a transfer model's head trains on, which tuning may search too (TuneSettings.
+# feature_choices): each value is its own feature cache, read before the trials start.
+FEATURE_KEYS = ("views", "pooling")
 # The searched keys that are training settings (TrainConfig fields), not architecture.
-TRAINING_KEYS = ("learning_rate", "batch_size", "loss")
+TRAINING_KEYS = ("learning_rate", "batch_size", "loss", *FEATURE_KEYS)
 
 
 def point_settings(name: str, point: dict) -> dict:

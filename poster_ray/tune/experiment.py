@@ -39,9 +39,13 @@ from poster_ray.tune.space import (
     check_in_space,
     decode_point,
     encode_point,
+    feature_choices,
+    feature_combinations,
+    features_key,
+    limit_batch_sizes,
     param_space,
     point_config,
-    space_for_data,
+    with_features,
 )
 
 SETTINGS_FILE = "poster_ray_tune.json"
@@ -63,8 +67,13 @@ def tune_model(
     """
     base = trial_base(base, settings)
     check_tune_settings(base, settings)
-    start_points = settings.start_points or [models.DEFAULT_POINTS[base.model]]
-    check_start_points(run, base, models.SEARCH_SPACES[base.model], start_points)
+    choices = feature_choices(base, settings)
+    space = {**models.SEARCH_SPACES[base.model], **choices}
+    start_points = [
+        with_features(point, base, choices)
+        for point in settings.start_points or [models.DEFAULT_POINTS[base.model]]
+    ]
+    check_start_points(run, base, space, start_points)
     experiment = run.ray_storage / name
     check_same_experiment(experiment, base, settings)
     if is_tuned(run.model(name), settings):
@@ -72,8 +81,15 @@ def tune_model(
         return run.model(name).root
     # Trials at once share the nodes, or they would queue.
     base = train.place_workers(base, groups=settings.concurrency)
-    data = train.load_training_data(run, base, groups=settings.concurrency)
-    space = space_for_data(base.model, data.train_rows * base.workers)
+    # Every trial's features, cached and read before the first trial starts.
+    data = {
+        features_key(replace(base, **features)): train.load_training_data(
+            run, replace(base, **features), groups=settings.concurrency
+        )
+        for features in feature_combinations(choices)
+    }
+    fewest = min(shared.train_rows for shared in data.values())
+    space = limit_batch_sizes(space, fewest * base.workers)
     for point in start_points:
         check_in_space(space, point)
 
@@ -96,7 +112,7 @@ def tune_model(
         # Tune's own SIGINT handler ended the experiment gracefully (its state is saved):
         # an interrupt all the same, reported as every stage reports one.
         raise KeyboardInterrupt
-    return export_best(run, name, base, settings, trial_rows(grid, space, settings))
+    return export_best(run, name, base, settings, space, trial_rows(grid, space, settings))
 
 
 def trial_base(base: TrainConfig, settings: TuneSettings) -> TrainConfig:
@@ -172,14 +188,15 @@ def check_same_experiment(experiment: Location, base: TrainConfig, settings: Tun
 
 
 def make_trainable(
-    data: train.TrainingData,
+    data: dict[tuple, train.TrainingData],
     space: dict,
     base: TrainConfig,
     settings: TuneSettings,
     experiment: Location,
 ):
-    """`run_trial` with what every trial shares; the trial function itself only waits on
-    its Train run, whose workers hold the CPUs (Tune refuses 0)."""
+    """`run_trial` with what every trial shares (the training data of each searched
+    feature combination); the trial function itself only waits on its Train run, whose
+    workers hold the CPUs (Tune refuses 0)."""
     return with_resources(
         with_parameters(
             run_trial,
@@ -267,7 +284,7 @@ def make_searcher(
 def run_trial(
     point: dict,
     *,
-    data: train.TrainingData,
+    data: dict[tuple, train.TrainingData],
     space: dict,
     base: TrainConfig,
     searcher: str,
@@ -281,4 +298,7 @@ def run_trial(
 
     config = point_config(base, decode_point(space, point, searcher))
     trial_id = get_context().get_trial_id()
-    train.make_trainer(data, config, trial_id, Location(storage), [TuneReportCallback()]).fit()
+    trainer = train.make_trainer(
+        data[features_key(config)], config, trial_id, Location(storage), [TuneReportCallback()]
+    )
+    trainer.fit()

@@ -11,7 +11,7 @@ from dataclasses import asdict
 import pandas as pd
 from ray.tune import Result, ResultGrid
 
-from poster_ray import export, models, plots, reports
+from poster_ray import export, plots, reports
 from poster_ray.config import MONITORS, TrainConfig, TuneSettings, pick_best
 from poster_ray.errors import PosterRayError
 from poster_ray.layout import ModelDir, RunDir
@@ -38,6 +38,7 @@ def trial_rows(grid: ResultGrid, space: dict, settings: TuneSettings) -> list[di
                 "epochs": last_epoch,
                 "best": float(best[objective]) if best else None,
                 "best_epoch": int(best["epoch"]) if best else None,
+                "images_per_epoch": scored[-1].get("train_images") if scored else None,
                 **decode_point(space, result.config, settings.searcher),
                 "checkpoint": best["checkpoint_path"] if best else None,
                 "last_checkpoint": scored[-1]["checkpoint_path"] if scored else None,
@@ -73,6 +74,7 @@ def export_best(
     name: str,
     base: TrainConfig,
     settings: TuneSettings,
+    space: dict,
     rows: list[dict],
 ) -> Location:
     """Export the best epoch of the best trial as model `name` (as `train` exports a run),
@@ -85,7 +87,7 @@ def export_best(
             f"no trial of {name!r} reported a result; see {run.ray_storage / name}"
         )
     best = pick_best(settings.objective)(scored, key=lambda row: row["best"])
-    config = point_config(base, {key: best[key] for key in models.SEARCH_SPACES[base.model]})
+    config = point_config(base, {key: best[key] for key in space})
     out = export.export_model(
         run,
         name,

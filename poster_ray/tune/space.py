@@ -7,21 +7,71 @@ index in [0, n); `decode_value` maps a searcher's values back to the model's own
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import replace
 
 from ray import tune as ray_tune
 
 from poster_ray import models
-from poster_ray.config import TrainConfig
+from poster_ray.config import POOLINGS, VIEW_COUNTS, TrainConfig, TuneSettings
 from poster_ray.errors import PosterRayError
 from poster_ray.models import Choice, Range
+from poster_ray.models.spaces import FEATURE_KEYS
+
+FEATURE_VALUES = {"views": VIEW_COUNTS, "pooling": POOLINGS}
+assert tuple(FEATURE_VALUES) == FEATURE_KEYS
 
 
-def space_for_data(model: str, max_batch: int) -> dict:
-    """`model`'s search space without batch sizes larger than the training split allows
-    (a trial proposing one could only fail)."""
-    space = dict(models.SEARCH_SPACES[model])
+def feature_choices(base: TrainConfig, settings: TuneSettings) -> dict[str, Choice]:
+    """The features tuning searches too (`settings.feature_choices`), each checked: a
+    transfer model's, known values, and the base's own among them (the first trial is
+    the untuned model)."""
+    choices = settings.feature_choices
+    if choices and not models.is_transfer(base.model):
+        raise PosterRayError(f"--feature-choices needs a pretrained model, not {base.model}")
+    space = {}
+    for key, values in choices.items():
+        if key not in FEATURE_VALUES:
+            raise PosterRayError(
+                f"--feature-choices: {key!r} is not searchable; choose among {list(FEATURE_KEYS)}"
+            )
+        allowed = FEATURE_VALUES[key]
+        if not isinstance(values, list) or not values or any(v not in allowed for v in values):
+            raise PosterRayError(
+                f"--feature-choices: {key} must be a list of values among {list(allowed)}"
+            )
+        if getattr(base, key) not in values:
+            raise PosterRayError(
+                f"--feature-choices: {key} must include --{key} ({getattr(base, key)!r}), "
+                "what the first trial, the untuned model, trains on"
+            )
+        space[key] = Choice(tuple(dict.fromkeys(values)))
+    return space
+
+
+def feature_combinations(choices: dict[str, Choice]) -> list[dict]:
+    """Every combination of the searched features' values: one training data each."""
+    return [
+        dict(zip(choices, values, strict=True))
+        for values in itertools.product(*(choice.values for choice in choices.values()))
+    ]
+
+
+def features_key(config: TrainConfig) -> tuple:
+    """What tells apart the training data of two trials."""
+    return tuple(getattr(config, key) for key in FEATURE_KEYS)
+
+
+def with_features(point: dict, base: TrainConfig, choices: dict[str, Choice]) -> dict:
+    """A point tried first, with each searched feature the base's unless it says."""
+    return {**{key: getattr(base, key) for key in choices}, **point}
+
+
+def limit_batch_sizes(space: dict, max_batch: int) -> dict:
+    """`space` without batch sizes larger than the training split allows (a trial
+    proposing one could only fail)."""
+    space = dict(space)
     batches = tuple(size for size in space["batch_size"].values if size <= max_batch)
     if not batches:
         raise PosterRayError(

@@ -6,13 +6,14 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 import tf_keras as keras
 from synthetic import prepared_run
 
 from poster_ray import models, train
 from poster_ray.bundle import load_bundle
-from poster_ray.config import TrainConfig
+from poster_ray.config import TrainConfig, TuneSettings
 from poster_ray.data.cache import read_split_arrays
 from poster_ray.errors import PosterRayError
 from poster_ray.evaluate import predict_split
@@ -20,6 +21,7 @@ from poster_ray.features import ensure_features, ensure_joined_features, ensure_
 from poster_ray.metrics import classification_metrics
 from poster_ray.models import backbones, losses, transfer
 from poster_ray.models.views import with_test_views
+from poster_ray.tune import tune_model
 
 GENRES = 5
 
@@ -312,6 +314,25 @@ def test_the_bundle_averages_its_test_views(run, head_model):
     )
 
 
+def test_tuning_searches_the_views_each_trial_on_its_own_features(run, head_model):
+    """Two trials, the untuned head on 2 views (LITE's) and on the posters alone: each
+    reads its own training data, and the best exports with its views."""
+    default = models.DEFAULT_POINTS[LITE.model]
+    settings = TuneSettings(
+        trials=2,
+        max_epochs=1,
+        feature_choices={"views": [1, 2]},
+        start_points=[default, {**default, "views": 1}],
+    )
+    out = tune_model(run, "views", LITE, settings)
+    trials = pd.read_csv(out / "trials.csv").set_index("views")
+    assert sorted(trials.index) == [1, 2]
+    ratio = trials.loc[2, "images_per_epoch"] / trials.loc[1, "images_per_epoch"]
+    assert 1.8 <= ratio <= 2.2  # twice the rows, less what a last partial batch drops
+    best = trials["best"].idxmax()  # val_pr_auc, the default objective
+    assert json.loads((out / "train_config.json").read_text())["views"] == best
+
+
 def test_the_exported_model_is_the_head_on_the_backbone_from_uint8_posters(run, head_model):
     """Joined model on decoded posters == the head trained on cached features."""
     model = models.load_model(head_model / "model.keras")
@@ -331,7 +352,13 @@ def test_the_exported_model_is_the_head_on_the_backbone_from_uint8_posters(run, 
 
 
 def test_fine_tuning_starts_from_the_head_and_changes_only_the_top_block(run, head_model):
-    config = replace(LITE, fine_tune_blocks=1, fine_tune_epochs=1, fine_tune_learning_rate=1e-3)
+    config = replace(
+        LITE,
+        fine_tune_blocks=1,
+        fine_tune_epochs=1,
+        fine_tune_learning_rate=1e-3,
+        fine_tune_backbone_rate=0.1,  # the two-rate optimizer, under Ray Train's strategy
+    )
     out = train.fine_tune(run, "lite", train.place_workers(config), head_model)
     history = json.loads((out / "history.json").read_text())
     assert [epoch["epoch"] for epoch in history] == [1, 2, 3, 4]  # head, then fine-tuning
