@@ -106,15 +106,14 @@ def join_head(config: TrainConfig, run: RunDir, head: keras.Model) -> keras.Mode
     return model
 
 
-def change_threshold_policy(run: RunDir, model_dir: ModelDir, policy: str) -> Location:
-    """Record `policy` in the trained model's train_config.json and write its bundle
-    again: the thresholds change, the model does not."""
+def export_again(run: RunDir, model_dir: ModelDir, settings: dict) -> Location:
+    """Record export `settings` (the threshold policy, the test views) in the trained
+    model's train_config.json and write its bundle again: the thresholds change, the
+    model does not."""
     # Without its bundle the model counts as not yet exported: an interruption from here
     # on is finished by the next run of the same command, never left with old thresholds.
     model_dir.bundle.remove()
-    model_dir.train_config.write_json(
-        {**model_dir.train_config.read_json(), "threshold_policy": policy}
-    )
+    model_dir.train_config.write_json({**model_dir.train_config.read_json(), **settings})
     export_bundle(run, model_dir)
     return model_dir.root
 

@@ -74,10 +74,12 @@ def train(run: RunDir, name: str, config: TrainConfig) -> Location:
     if is_trained(run, name, config, ignoring=EXPORT_SETTINGS):
         print(
             f"reusing model {name!r}: trained before with these settings; exporting its "
-            f"bundle again with threshold policy {config.threshold_policy!r}",
+            f"bundle again with threshold policy {config.threshold_policy!r} and "
+            f"{config.test_views} test view(s)",
             flush=True,
         )
-        return export.change_threshold_policy(run, run.model(name), config.threshold_policy)
+        changed = {key: getattr(config, key) for key in EXPORT_SETTINGS}
+        return export.export_again(run, run.model(name), changed)
     check_model_builds(run, config)
     config = place_workers(config)
     print(
@@ -96,7 +98,7 @@ def train(run: RunDir, name: str, config: TrainConfig) -> Location:
 # cluster may place it differently and still reuse the model.
 PLACEMENT_SETTINGS = ("workers", "cpus_per_worker", "max_failures", "in_memory")
 # Settings of the export step alone: a change exports the trained model's bundle again.
-EXPORT_SETTINGS = ("threshold_policy",)
+EXPORT_SETTINGS = ("threshold_policy", "test_views")
 
 
 def is_trained(run: RunDir, name: str, config: TrainConfig, ignoring: tuple[str, ...] = ()) -> bool:

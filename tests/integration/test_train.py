@@ -25,8 +25,10 @@ from poster_ray.bundle import load_bundle
 from poster_ray.config import PreprocessSpec, TrainConfig
 from poster_ray.data import cache
 from poster_ray.errors import PosterRayError
-from poster_ray.evaluate import evaluate_model_dir
+from poster_ray.evaluate import evaluate_model_dir, predict_split
 from poster_ray.layout import ModelDir, RunDir
+from poster_ray.metrics import classification_metrics
+from poster_ray.models.views import with_test_views
 
 TINY_CNN = {"filters": [4, 8], "kernel_size": 3, "dense_units": [16]}
 # Every precision branch runs on any CPU, each in its own test: bfloat16 here (chosen on
@@ -140,6 +142,29 @@ def test_another_threshold_policy_exports_the_bundle_again_and_trains_nothing(ru
     assert train.is_trained(run, "tiny", replace(TINY, threshold_policy="global"))
     train.train(run, "tiny", TINY)  # back to the default policy, for the tests after
     assert load_bundle(ModelDir(trained).bundle).info["threshold_policy"]["requested"] == "auto"
+
+
+def test_more_test_views_export_the_bundle_again_with_thresholds_on_averaged_views(
+    run, trained, capsys
+):
+    """The CNN's predictions averaged over the poster and its mirror image: the bundle
+    records 2 test views, and its thresholds were set on those averages."""
+    exported = (trained / "model.keras").read_bytes()
+    try:
+        assert train.train(run, "tiny", replace(TINY, test_views=2)) == trained
+        assert "and 2 test view(s)" in capsys.readouterr().out
+        assert (trained / "model.keras").read_bytes() == exported
+        bundle = load_bundle(ModelDir(trained).bundle)
+        assert bundle.test_views == 2
+        _, labels, probabilities = predict_split(with_test_views(bundle.model, 2), run, "val")
+        assert bundle.info["metrics"]["micro_f1@calibrated"] == pytest.approx(
+            classification_metrics(labels, probabilities, bundle.thresholds, bundle.genres)[
+                "micro"
+            ]["f1"]
+        )
+    finally:
+        train.train(run, "tiny", TINY)  # back to one view, for the tests after
+    assert load_bundle(ModelDir(trained).bundle).test_views == 1
 
 
 def conv_dtypes(model: keras.Model) -> set[str]:

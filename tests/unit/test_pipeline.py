@@ -105,3 +105,10 @@ def test_the_verdict_lines_give_the_difference_and_its_interval(tmp_path):
         "-0.004 [-0.014, +0.012], 95% interval over 229 test posters"
     )
     assert lines[3].startswith("lite0: micro-F1 0.417 beats 'always Drama, Comedy'")
+
+
+def test_another_pretrained_model_leaves_the_profiles_other_backbones_out():
+    assert PROFILES["full"].pretrained.more_backbones  # Lite0 beside Lite2
+    settings = settings_of("--profile", "full", "--pretrained", "vgg16")
+    assert (settings.pretrained.model, settings.pretrained.more_backbones) == ("vgg16", [])
+    assert settings.pretrained.epochs == PROFILES["full"].pretrained.epochs
