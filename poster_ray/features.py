@@ -10,7 +10,7 @@ beside them, one folder per view, for a head that trains on augmented posters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -194,24 +194,6 @@ def ensure_joined_features(
     dims = sum(cache.dims for cache in caches)
     (location / FEATURES_MARKER).write_json({**wanted, "dims": dims})
     return FeatureCache(location, dims)
-
-
-def ensure_training_features(
-    run: RunDir,
-    backbones: list[str],
-    image_size: int,
-    weights: str = "imagenet",
-    pooling: str = POOLINGS[0],
-    views: int = 1,
-) -> FeatureCache:
-    """What a head trains on: every poster's features (`ensure_joined_features`), and
-    those of `views - 1` more views of each training poster, computed where missing."""
-    cache = ensure_joined_features(run, backbones, image_size, weights, pooling)
-    more = [
-        ensure_joined_features(run, backbones, image_size, weights, pooling, view).location
-        for view in range(1, views)
-    ]
-    return replace(cache, more_views=tuple(more))
 
 
 def joined_split(caches: list[FeatureCache], split: str) -> pd.DataFrame:

@@ -23,7 +23,7 @@ from poster_ray.config import MONITORS, TrainConfig
 from poster_ray.data.cache import ensure_decoded, load_split, split_sizes, train_labels
 from poster_ray.data.context import ordered_execution
 from poster_ray.errors import PosterRayError
-from poster_ray.features import FeatureCache, ensure_training_features
+from poster_ray.features import FeatureCache, ensure_joined_features
 from poster_ray.layout import ModelDir, RunDir
 from poster_ray.models.losses import positive_weights
 from poster_ray.runtime import interruptible, without_progress_bars
@@ -258,15 +258,19 @@ def smallest_share(datasets: dict[str, ray.data.Dataset], split: str, workers: i
 
 
 def feature_cache(run: RunDir, config: TrainConfig) -> FeatureCache | None:
-    """A transfer model's backbone features (of its `views` of each training poster),
-    when its head is what trains."""
+    """A transfer model's backbone features, when its head is what trains: every
+    poster's, and those of `config.views - 1` more views of each training poster,
+    computed where missing."""
     if not models.is_transfer(config.model):
         return None
     backbones = [config.model, *config.more_backbones]
     size = input_size(run, config)
-    return ensure_training_features(
-        run, backbones, size, config.weights, config.pooling, config.views
-    )
+
+    def of_view(view: int) -> FeatureCache:
+        return ensure_joined_features(run, backbones, size, config.weights, config.pooling, view)
+
+    more = tuple(of_view(view).location for view in range(1, config.views))
+    return replace(of_view(0), more_views=more)
 
 
 def input_size(run: RunDir, config: TrainConfig) -> int:

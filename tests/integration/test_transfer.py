@@ -17,7 +17,7 @@ from poster_ray.config import TrainConfig, TuneSettings
 from poster_ray.data.cache import read_split_arrays
 from poster_ray.errors import PosterRayError
 from poster_ray.evaluate import predict_split
-from poster_ray.features import ensure_features, ensure_joined_features, ensure_training_features
+from poster_ray.features import ensure_features, ensure_joined_features
 from poster_ray.metrics import classification_metrics
 from poster_ray.models import backbones, losses, transfer
 from poster_ray.models.views import with_test_views
@@ -257,7 +257,7 @@ def lite_features(run):
 
 
 def lite_training_features(run):
-    return ensure_training_features(run, BACKBONES, 64, pooling=LITE.pooling, views=LITE.views)
+    return train.feature_cache(run, LITE)
 
 
 def test_features_are_cached_once_and_reused(run, head_model):
