@@ -24,6 +24,9 @@ from poster_ray.models.views import with_test_views
 from poster_ray.tune import tune_model
 
 GENRES = 5
+# The module's model trains two backbones' features of two views, then fine-tunes: beside
+# another module's Ray Train runs on the same 2 cores, its first test waits on all of it.
+pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(autouse=True)
