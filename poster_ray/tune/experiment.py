@@ -82,11 +82,10 @@ def tune_model(
     # Trials at once share the nodes, or they would queue.
     base = train.place_workers(base, groups=settings.concurrency)
     # Every trial's features, cached and read before the first trial starts.
+    configs = [replace(base, **features) for features in feature_combinations(choices)]
     data = {
-        features_key(replace(base, **features)): train.load_training_data(
-            run, replace(base, **features), groups=settings.concurrency
-        )
-        for features in feature_combinations(choices)
+        features_key(config): train.load_training_data(run, config, groups=settings.concurrency)
+        for config in configs
     }
     fewest = min(shared.train_rows for shared in data.values())
     space = limit_batch_sizes(space, fewest * base.workers)

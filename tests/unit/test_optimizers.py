@@ -63,3 +63,21 @@ def test_a_saved_model_resumes_with_its_two_rates(tmp_path):
     assert loaded.optimizer.backbone_rate == 0.25
     assert loaded.optimizer.head_variables == model.optimizer.head_variables
     assert loaded.optimizer.iterations.numpy() == 1
+
+
+def test_under_float16_the_loss_scaled_optimizer_keeps_the_two_rates():
+    """The GPU branch (float16 with loss scaling), forced on a CPU: Keras wraps the
+    two-rate optimizer, and the backbone's step is still a fraction of Adam's."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = two_part_model()
+        weights = model.get_weights()
+        plain = one_step(model, keras.optimizers.Adam(1e-2))
+        model.set_weights(weights)
+        scaled = one_step(model, make_optimizer(model, 1e-2, backbone_rate=0.1))
+        assert isinstance(model.optimizer, keras.mixed_precision.LossScaleOptimizer)
+        assert isinstance(model.optimizer.inner_optimizer, TwoRateAdam)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    np.testing.assert_allclose(scaled[0], 0.1 * plain[0], rtol=1e-2, atol=1e-6)
+    np.testing.assert_allclose(scaled[-1], plain[-1], rtol=1e-2, atol=1e-6)
