@@ -28,9 +28,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check poster_ray jobs tests bench
 
 # Every tier (CI runs this), its test files shared by two processes (each with its own
-# local Ray); test-fast is the inner loop: the unit tier, no Ray.
+# local Ray), the longest files first (tests/conftest.py); test-fast is the inner loop:
+# the unit tier, no Ray.
 test: lint
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 test-fast: lint
 	$(BIN)/python -m pytest -q -m unit
