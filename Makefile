@@ -28,10 +28,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check poster_ray jobs tests bench
 
 # Every tier (CI runs this), its test files shared by two processes (each with its own
-# local Ray), the longest files first (tests/conftest.py); test-fast is the inner loop:
-# the unit tier, no Ray.
+# local Ray); test-fast is the inner loop: the unit tier, no Ray.
 test: lint
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-fast: lint
 	$(BIN)/python -m pytest -q -m unit

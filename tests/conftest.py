@@ -19,12 +19,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from synthetic import DIRTY, DIRTY_GOOD_POSTERS, DIRTY_IMAGE_SIZE, make_dataset  # noqa: E402
 
 TIERS = ("unit", "integration", "cluster", "browser")
-# The files that take most of the suite's time, longest first (seconds of test time on a
-# fresh clone, 2 cores: 344, 312, 179, 104 of 1,216). `make test` hands whole files to two
-# workers in collection order (--dist loadfile --no-loadscope-reorder): these go first,
-# so the two longest start at once on different workers and the short files fill in
-# behind them. Their tests are marked `slow`.
-LONGEST_FIRST = (
+# The files that take most of the suite's time (seconds of test time on a fresh clone, 2
+# cores: 371, 368, 198, 109 of 1,317); their tests are marked `slow`, so that
+# `-m "integration and not slow"` is a quick second loop. Starting them first on both
+# workers (--no-loadscope-reorder) gave the same wall time, 671 s against 678 s: the suite
+# is bound by the 2 cores, not by the order.
+SLOW_FILES = (
     "cluster/test_multinode.py",
     "integration/test_transfer.py",
     "integration/test_train.py",
@@ -33,26 +33,18 @@ LONGEST_FIRST = (
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark each test with its folder's tier (and `slow`), and put the longest files
-    first; a unit test that asks for Ray is a mistake that would slow the fast tier, so
-    it fails collection."""
+    """Mark each test with its folder's tier (and `slow`); a unit test that asks for Ray
+    is a mistake that would slow the fast tier, so it fails collection."""
     for item in items:
-        tier = Path(item.path).parent.name
+        path = Path(item.path)
+        tier = path.parent.name
         if tier not in TIERS:
             raise pytest.UsageError(f"{item.nodeid}: tests live in one of tests/{TIERS}")
         if tier == "unit" and "ray_session" in item.fixturenames:
             raise pytest.UsageError(f"{item.nodeid}: a unit test cannot use Ray (ray_session)")
         item.add_marker(tier)
-        if start_rank(item) < len(LONGEST_FIRST):
+        if f"{tier}/{path.name}" in SLOW_FILES:
             item.add_marker("slow")
-    items.sort(key=start_rank)  # stable: a file's tests keep their order
-
-
-def start_rank(item: pytest.Item) -> int:
-    """The test file's place in LONGEST_FIRST; every other file after them."""
-    path = Path(item.path)
-    name = f"{path.parent.name}/{path.name}"
-    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
 
 
 @pytest.fixture(scope="session")
