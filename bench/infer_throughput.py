@@ -113,8 +113,8 @@ def build_bundle(
     size = models.input_size(model, image_size)
     hparams = {"more_backbones": more_backbones} if more_backbones else {}
     models.build_model(model, len(genres), size, **hparams).save(model_dir.model.local_path)
-    config = {"model": model, "more_backbones": more_backbones, "image_size": size,
-              "untrained": True}  # fmt: skip
+    config = {"model": model, "more_backbones": more_backbones, "image_size": size}
+    config["untrained"] = "head" if models.is_transfer(model) else "all"
     spec = PreprocessSpec(size)
     write_bundle(model_dir.bundle, model_dir.model, genres, spec, [0.5] * len(genres), config, {})
     return model_dir.bundle.local_path
@@ -403,7 +403,7 @@ def main() -> None:
             "cpu": cpu_info(),
             "versions": versions(),
             "bundle": {
-                "path": args.bundle or f"built: {built} at {image_size} px, head untrained",
+                "path": args.bundle or f"built: {built} at {image_size} px",
                 "image_size": image_size,
                 "info": info["train_config"],
             },
