@@ -367,6 +367,7 @@ def compare(result: dict, sizes: list[int], precisions: list[str]) -> dict:
 
 def main() -> None:
     from poster_ray.bundle import bundle_info
+    from poster_ray.errors import PosterRayError
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bundle", help="a bundle to benchmark (default: build one untrained)")
@@ -383,6 +384,10 @@ def main() -> None:
     parser.add_argument("--infer-args", default="", help="more `poster-ray infer` options")
     parser.add_argument("--results", default="bench/results")
     args = parser.parse_args()
+    from poster_ray import models
+
+    if args.more_backbones and not models.is_transfer(args.model):
+        parser.error(f"--more-backbones joins a transfer model's backbones, not {args.model}'s")
 
     dataset = Path(args.dataset)
     posters = sorted(path.resolve() for path in (dataset / "Images").glob("*.jpg"))
@@ -392,9 +397,12 @@ def main() -> None:
         if args.bundle:
             bundle = Path(args.bundle)
         else:
-            bundle = build_bundle(
-                args.model, args.more_backbones, args.image_size, dataset, Path(scratch)
-            )
+            try:
+                bundle = build_bundle(
+                    args.model, args.more_backbones, args.image_size, dataset, Path(scratch)
+                )
+            except PosterRayError as error:  # an unknown model or backbone: one line
+                parser.error(str(error))
         info = bundle_info(bundle)  # bundle.json: its spec's size, how it was made
         built = "+".join([args.model, *args.more_backbones])
         image_size = info["image_size"]
