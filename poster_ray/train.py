@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, replace
 import ray
 import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 from poster_ray import export, models, resources
 from poster_ray.bundle import FORMAT_VERSION, INFO_FILE, bundle_info
@@ -25,19 +26,22 @@ from poster_ray.data.context import ordered_execution
 from poster_ray.errors import PosterRayError
 from poster_ray.features import FeatureCache, ensure_joined_features
 from poster_ray.layout import ModelDir, RunDir
+from poster_ray.loop_config import (
+    LOOP_CONFIG_KEY,
+    ModelInputs,
+    Steps,
+    TrainLoopConfig,
+    worker_dataset_name,
+)
 from poster_ray.models.losses import positive_weights
+from poster_ray.multiworker import MultiWorkerConfig
 from poster_ray.runtime import interruptible, without_progress_bars
 from poster_ray.storage import Location
 from poster_ray.tf_import import keras
 from poster_ray.train_worker import (
-    LOOP_CONFIG_KEY,
     PLACEMENT_GROUP_KEY,
-    ModelInputs,
-    Steps,
-    TrainLoopConfig,
     build_configured_model,
     train_loop_per_worker,
-    worker_dataset_name,
 )
 
 # What other stages use: tune runs its trials through the same data, checks and trainer.
@@ -286,11 +290,12 @@ def make_trainer(
     storage: Location,
     callbacks: Sequence[ray.train.UserCallback] = (),
     head_weights: list | None = None,
-) -> ray.train.tensorflow.TensorflowTrainer:
-    """A Ray Train run `name` under `storage`: same name, same storage resumes it."""
-    # Imported here, after poster_ray.tf_import: it imports TensorFlow, loudly.
-    from ray.train.tensorflow import TensorflowTrainer
+) -> DataParallelTrainer:
+    """A Ray Train run `name` under `storage`: same name, same storage resumes it.
 
+    Ray's TensorflowTrainer is this trainer with its TensorflowConfig, which would load
+    TensorFlow into the run's controller (poster_ray.multiworker).
+    """
     if data.workers != config.workers:
         raise ValueError(f"data is sharded for {data.workers} workers, not {config.workers}")
     steps = step_counts(data, config)
@@ -303,8 +308,9 @@ def make_trainer(
         dataset_bytes={name: dataset.size_bytes() for name, dataset in data.datasets.items()},
         head_weights=head_weights,
     )
-    return TensorflowTrainer(
+    return DataParallelTrainer(
         train_loop_per_worker,
+        backend_config=MultiWorkerConfig(),
         train_loop_config={LOOP_CONFIG_KEY: loop},
         scaling_config=ScalingConfig(
             num_workers=config.workers,

@@ -12,7 +12,6 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,55 +19,21 @@ import ray
 import ray.train
 
 from poster_ray import models, resources
-from poster_ray.config import MONITORS, TrainConfig
+from poster_ray.config import TrainConfig
 from poster_ray.layout import HISTORY_FILE, MODEL_FILE
+from poster_ray.loop_config import (
+    LOOP_CONFIG_KEY,
+    ModelInputs,
+    Steps,
+    TrainLoopConfig,
+    worker_dataset_name,
+)
 from poster_ray.tf_import import keras
 
 PLACEMENT_GROUP_KEY = "placement_group"
-LOOP_CONFIG_KEY = "loop"  # Ray Train passes train_loop_config as a dict: its one entry
 SHUFFLE_BUFFER = 256  # rows, when a shard streams from the object store
 # The share of a node's available memory that its workers' in-memory shards may take.
 IN_MEMORY_SHARE = 0.25
-
-
-@dataclass(frozen=True)
-class ModelInputs:
-    """What the trained model takes in: decoded posters, or a backbone's cached features."""
-
-    column: str  # the dataset column workers feed the model: "image" or "features"
-    shape: tuple[int, ...]
-    num_genres: int
-
-
-@dataclass(frozen=True)
-class Steps:
-    """One split's per-worker batch and steps per epoch (Keras needs them fixed)."""
-
-    batch: int
-    steps: int
-
-
-@dataclass(frozen=True)
-class TrainLoopConfig:
-    """Everything a Train worker of one run reads: the run's settings, and what the
-    driver derived from its data."""
-
-    settings: TrainConfig
-    inputs: ModelInputs
-    loss_weights: list[float]  # positive weight per genre, from the training split
-    train_steps: Steps
-    val_steps: Steps
-    dataset_bytes: dict[str, int]  # by dataset name (worker_dataset_name)
-    head_weights: list | None = None  # fine-tuning starts from the trained head
-
-    @property
-    def monitor_mode(self) -> str:
-        return MONITORS[self.settings.monitor]
-
-
-def worker_dataset_name(split: str, rank: int) -> str:
-    """The name under which Ray Train hands worker `rank` its share of `split`."""
-    return f"{split}_{rank}"
 
 
 def build_configured_model(

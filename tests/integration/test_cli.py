@@ -189,8 +189,8 @@ def test_the_workers_receive_the_training_settings_typed(ray_session, tmp_path):
     import ray
 
     from poster_ray import train
+    from poster_ray.loop_config import LOOP_CONFIG_KEY, ModelInputs, Steps
     from poster_ray.storage import Location
-    from poster_ray.train_worker import LOOP_CONFIG_KEY, ModelInputs, Steps
 
     args = build_parser().parse_args(["train", "RUN", "--learning-rate", "0.01", "--workers", "1"])
     config = dataclasses.replace(args.options["train"].build(args), cpus_per_worker=1.0)

@@ -20,7 +20,7 @@ import pytest
 import tf_keras as keras
 from synthetic import prepared_run
 
-from poster_ray import models, train, train_worker
+from poster_ray import loop_config, models, train, train_worker
 from poster_ray.bundle import load_bundle
 from poster_ray.config import PreprocessSpec, TrainConfig
 from poster_ray.data import cache
@@ -338,7 +338,7 @@ def test_each_worker_gets_a_disjoint_share_of_whole_blocks_and_a_new_order_each_
         share_rows[split] = min(map(len, shares))  # what each worker takes per epoch
     assert (training_data.train_rows, training_data.val_rows) == tuple(share_rows.values())
     steps = train.step_counts(training_data, replace(TINY, batch_size=4))
-    assert steps["train"] == train_worker.Steps(batch=2, steps=training_data.train_rows // 2)
+    assert steps["train"] == loop_config.Steps(batch=2, steps=training_data.train_rows // 2)
     assert steps["val"].steps == training_data.val_rows // 2
 
     share = training_data.datasets["train_0"]
