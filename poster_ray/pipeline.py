@@ -145,10 +145,10 @@ def run_stages(settings: PipelineSettings, started: float) -> PipelineResult:
 
     stage("train", "the report's CNN, from scratch", started)
     train_and_evaluate(result, settings.cnn.model, settings.cnn, settings.tracking)
-    pretrained = settings.pretrained.model
-    backbones = [pretrained, *settings.pretrained.more_backbones]
-    what = "a frozen ImageNet backbone" if len(backbones) == 1 else "frozen ImageNet backbones"
-    stage("train", f"{' + '.join(backbones)}: {what} under a genre head", started)
+    pretrained = pretrained_name(settings.pretrained)
+    many = settings.pretrained.more_backbones
+    what = "frozen ImageNet backbones" if many else "a frozen ImageNet backbone"
+    stage("train", f"{pretrained}: {what} under a genre head", started)
     train_and_evaluate(result, pretrained, settings.pretrained, settings.tracking)
     stage("tune", f"{pretrained}'s head, {settings.tune.trials} trials", started)
     tune_and_evaluate(
@@ -172,6 +172,11 @@ def run_stages(settings: PipelineSettings, started: float) -> PipelineResult:
     result.seconds = round(time.perf_counter() - started, 1)
     result.logs = str(ray_logs_dir())
     return result
+
+
+def pretrained_name(config: TrainConfig) -> str:
+    """The pretrained model's name in the run: its backbones, joined."""
+    return "+".join([config.model, *config.more_backbones])
 
 
 def stage(name: str, what: str, started: float) -> None:

@@ -9,7 +9,12 @@ import pytest
 from poster_ray.cli import build_parser, pipeline_settings
 from poster_ray.config import InferSettings, PrepareSettings, TrainConfig
 from poster_ray.errors import PosterRayError
-from poster_ray.pipeline import PROFILES, drop_stale_predictions, profile_settings
+from poster_ray.pipeline import (
+    PROFILES,
+    drop_stale_predictions,
+    pretrained_name,
+    profile_settings,
+)
 from poster_ray.storage import Location
 
 
@@ -112,3 +117,8 @@ def test_another_pretrained_model_leaves_the_profiles_other_backbones_out():
     settings = settings_of("--profile", "full", "--pretrained", "vgg16")
     assert (settings.pretrained.model, settings.pretrained.more_backbones) == ("vgg16", [])
     assert settings.pretrained.epochs == PROFILES["full"].pretrained.epochs
+
+
+def test_the_pretrained_model_is_named_after_all_its_backbones():
+    assert pretrained_name(PROFILES["full"].pretrained) == "efficientnet_lite0+efficientnet_lite2"
+    assert pretrained_name(PROFILES["quick"].pretrained) == "efficientnet_lite0"
