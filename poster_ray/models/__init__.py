@@ -121,9 +121,12 @@ def compile_model(
 def with_precision(model: keras.Model, precision: str) -> keras.Model:
     """The same model (same weights) computing in ``precision``; the genre head stays
     float32. Saved models keep each layer's own policy, so a model trained in bfloat16
-    is exported as float32, and inference picks the precision of its own hardware.
+    is exported as float32, and inference picks the precision of its own hardware. A
+    model that computes so already is returned as it is: cloning a backbone takes seconds.
     """
     policy = "float32" if precision == "float32" else f"mixed_{precision}"
+    if computes_in(model, policy):
+        return model
 
     def clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
         if isinstance(layer, keras.Model):
@@ -136,6 +139,19 @@ def with_precision(model: keras.Model, precision: str) -> keras.Model:
     clone = keras.models.clone_model(model, clone_function=clone_layer)
     clone.set_weights(model.get_weights())
     return clone
+
+
+def computes_in(model: keras.Model, policy: str) -> bool:
+    """Whether every layer that `with_precision` would change already has `policy`."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            if not computes_in(layer, policy):
+                return False
+        elif isinstance(layer, keras.layers.InputLayer) or layer.name == "genres":
+            continue
+        elif layer.dtype_policy.name != policy:
+            return False
+    return True
 
 
 def inference_function(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:

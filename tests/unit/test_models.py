@@ -106,6 +106,16 @@ def test_with_precision_keeps_the_weights_and_the_float32_head(name, precision):
     np.testing.assert_array_equal(back.predict(batch, verbose=0), trained.predict(batch, verbose=0))
 
 
+def test_a_model_that_computes_in_the_precision_already_is_not_cloned():
+    """Cloning a backbone takes seconds: a float32 model exported as float32 stays the
+    same object, and one computing in bfloat16 comes back as float32 again."""
+    trained = models.build_model("vgg16", 5, VGG_SIZE, weights="none")
+    assert models.with_precision(trained, "float32") is trained
+    reduced = models.with_precision(trained, "bfloat16")
+    assert models.with_precision(reduced, "bfloat16") is reduced
+    assert models.with_precision(reduced, "float32") is not reduced
+
+
 def test_inference_function_matches_predict_for_any_batch_size_and_from_threads():
     """The traced function the model actors call: predict's outputs for every batch
     size, and the same answers when two threads call it at once."""
