@@ -7,12 +7,16 @@ TensorflowTrainer's backend config lives in `ray.train.tensorflow`, which import
 TensorFlow into the run's controller; poster_ray's does not.
 
     python bench/train_start_up.py [--repeats 5] [--workers 1] [--out bench/results/...json]
+
+RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=2 (Ray's default) before the command measures both
+with the controller polling its workers every 2 s instead of poster_ray's 0.5 s.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -74,6 +78,8 @@ def main() -> None:
             "command": f"python bench/train_start_up.py --repeats {args.repeats} "
             f"--workers {args.workers}",
             "cpu": cpu_info(),
+            # How often each run's controller polls its workers (runtime.PROCESS_ENV).
+            "health_check_interval_s": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"],
             "seconds": seconds,
             "median_s": medians,
             "ratio": ratio,

@@ -53,6 +53,10 @@ PROCESS_ENV = {
     # footer-reader actors for every read, 2-4 s for a cache split of a few files on 2
     # cores, 0.2 s this way (bench/parquet_reads.py); every training run reads two.
     USE_DATASOURCE_V2_ENV_VAR: "0",
+    # How often a Ray Train controller polls its workers (Ray's default 2 s): it notices
+    # that a run's workers started, and that they finished, up to one interval late.
+    # A run that only reports once: 9.3 s at 2 s, see the README (bench/train_start_up.py).
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
 }
 # What workers alone get. Deprecation notices from inside Ray and TensorFlow, which users
 # cannot act on, printed once per worker process; the driver's own warnings are the

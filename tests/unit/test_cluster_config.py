@@ -192,3 +192,13 @@ def test_ray_and_python_pins_match_pyproject(config: dict[str, Any], ray_pin: st
         assert version == ray_pin
     checks = [c for c in commands if "ray.__version__" in c]
     assert checks and all(f"'{ray_pin}'" in c and "(3, 11)" in c for c in checks)
+
+
+def test_the_readmes_job_submit_passes_every_process_variable():
+    """`ray job submit` in the README hands the job what every process needs: the same
+    variables as `runtime.PROCESS_ENV`, with the same values."""
+    from poster_ray.runtime import PROCESS_ENV
+
+    readme = (REPO / "README.md").read_text()
+    (given,) = re.findall(r"--runtime-env-json '(\{.*?\})' \\", readme, flags=re.DOTALL)
+    assert json.loads(given)["env_vars"] == PROCESS_ENV
