@@ -29,6 +29,9 @@ class MultiWorkerConfig(BackendConfig):
 
 
 class MultiWorkerBackend(Backend):
+    """Ray Train calls `on_start` once a run's workers are up, before its train loop:
+    each worker's address first, then every worker learns them all and its own rank."""
+
     def on_start(self, worker_group, backend_config: MultiWorkerConfig) -> None:
         addresses = worker_group.execute(worker_address)
         ray.get(
