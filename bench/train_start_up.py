@@ -55,6 +55,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out", help="write the figures to this JSON file")
     args = parser.parse_args()
+    if args.repeats < 1 or args.workers < 1:
+        parser.error("--repeats and --workers must be at least 1")
 
     init_ray(progress_bars=False)
     from ray.train.tensorflow import TensorflowTrainer  # imports TensorFlow, here too

@@ -124,7 +124,7 @@ def export_bundle(run: RunDir, model_dir: ModelDir, model: keras.Model | None = 
     and thresholds set on the validation split by the model's threshold policy.
 
     `model` is the model just saved as `model_dir.model`, when the caller holds it:
-    loading a backbone's .keras file again takes seconds (10 s for two EfficientNet-Lite).
+    loading a backbone's .keras file again takes seconds.
     """
     genres = run.load_genres()
     if model is None:
