@@ -36,7 +36,7 @@ def measure(out: Path) -> None:
     import ray.train
     from synthetic import prepared_run
 
-    from poster_ray import train
+    from poster_ray import train, trainer
     from poster_ray.config import TrainConfig
     from poster_ray.data.cache import read_split_arrays
     from poster_ray.runtime import init_ray
@@ -66,10 +66,10 @@ def measure(out: Path) -> None:
             config = train.place_workers(replace(base, workers=workers))
             data = train.load_training_data(run, config)
             reads = Path(scratch) / f"reads-{workers}.json"
-            trainer = train.make_trainer(
+            train_run = trainer.make_trainer(
                 data, config, f"reads-{workers}", run.ray_storage, [WorkerReads(str(reads))]
             )
-            trainer.fit()
+            train_run.fit()
             per_worker = json.loads(reads.read_text())
             results["runs"][str(workers)] = {
                 "cpus_per_worker": config.cpus_per_worker,

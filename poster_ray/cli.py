@@ -92,7 +92,8 @@ def evaluate_and_print(model_dir: Location, run: RunDir) -> None:
 def cmd_tune(args: argparse.Namespace) -> None:
     from poster_ray.runtime import init_ray
     from poster_ray.tracking import log_model, tune_callbacks
-    from poster_ray.tune import format_tuning_summary, tune_model
+    from poster_ray.tune.experiment import tune_model
+    from poster_ray.tune.results import format_tuning_summary
 
     run = existing_run(args.run)
     base: TrainConfig = args.options["train"].build(args)

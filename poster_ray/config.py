@@ -27,14 +27,14 @@ NON_GENRE_COLUMNS = ("Id", "Genre", "N/A")
 NA_COLUMN = "N/A"
 
 # The report's CNN, then transfer models named after their backbone (models.backbones).
-MODEL_NAMES = (
-    "custom_cnn",
+TRANSFER_MODELS = (
     "efficientnet_lite0",
     "efficientnet_lite1",
     "efficientnet_lite2",
     "vgg16",
     "resnet50",
 )
+MODEL_NAMES = ("custom_cnn", *TRANSFER_MODELS)
 
 SPLIT_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}
 SPLITS = tuple(SPLIT_FRACTIONS)

@@ -202,7 +202,8 @@ def tune_and_evaluate(
     tracking: TrackingSettings,
 ) -> None:
     from poster_ray.tracking import tune_callbacks
-    from poster_ray.tune import format_tuning_summary, is_tuned, tune_model
+    from poster_ray.tune.experiment import tune_model
+    from poster_ray.tune.results import format_tuning_summary, is_tuned
 
     reused = is_tuned(result.run.model(name), settings)
     # Trials share the nodes: their workers' CPUs are planned per trial, not as trained.

@@ -19,7 +19,7 @@ from poster_ray.models.cnn import build_custom_cnn
 from poster_ray.models.heads import build_head, genre_head
 from poster_ray.models.losses import LOSSES, make_loss
 from poster_ray.models.optimizers import make_optimizer
-from poster_ray.models.spaces import DEFAULT_POINTS, SEARCH_SPACES, Choice, Range, point_settings
+from poster_ray.models.spaces import DEFAULT_POINTS, SEARCH_SPACES
 from poster_ray.models.transfer import backbone_models, build_transfer
 from poster_ray.resources import set_keras_precision
 from poster_ray.tf_import import keras, tf
@@ -28,8 +28,6 @@ __all__ = [
     "DEFAULT_POINTS",
     "LOSSES",
     "SEARCH_SPACES",
-    "Choice",
-    "Range",
     "backbone_models",
     "build_custom_cnn",
     "build_head_model",
@@ -42,7 +40,6 @@ __all__ = [
     "load_model",
     "make_loss",
     "native_size",
-    "point_settings",
     "with_precision",
 ]
 

@@ -1,6 +1,6 @@
 """Tuning stage: Ray Tune searches a model's hyperparameters with a Bayesian searcher.
 
-Every trial is a Ray Train run made by `train.make_trainer`, the code `poster-ray train`
+Every trial is a Ray Train run made by `trainer.make_trainer`, the code `poster-ray train`
 runs, inside a Tune function trainable (the pattern Train V2 documents); it reports every
 epoch, so ASHA can stop weak trials early. The first trial is the model's untuned
 default, so the trials table shows what tuning bought. Rerunning the same command
@@ -21,7 +21,6 @@ from ray.tune import (
     RunConfig,
     TuneConfig,
     Tuner,
-    get_context,
     with_parameters,
     with_resources,
 )
@@ -33,11 +32,11 @@ from poster_ray.config import MONITORS, SEARCHERS, TrainConfig, TuneSettings
 from poster_ray.errors import PosterRayError
 from poster_ray.layout import RunDir
 from poster_ray.storage import Location
+from poster_ray.trainer import TrainingData
 from poster_ray.tune.callbacks import ReleaseTrainWorkers, TrialLines
 from poster_ray.tune.results import export_best, is_tuned, trial_rows
 from poster_ray.tune.space import (
     check_in_space,
-    decode_point,
     encode_point,
     feature_choices,
     feature_combinations,
@@ -47,6 +46,7 @@ from poster_ray.tune.space import (
     point_config,
     with_features,
 )
+from poster_ray.tune.trial import run_trial
 
 SETTINGS_FILE = "poster_ray_tune.json"
 TRIAL_TRAIN_RUNS = "train_runs"  # each trial's Ray Train run, under the experiment
@@ -187,7 +187,7 @@ def check_same_experiment(experiment: Location, base: TrainConfig, settings: Tun
 
 
 def make_trainable(
-    data: dict[tuple, train.TrainingData],
+    data: dict[tuple, TrainingData],
     space: dict,
     base: TrainConfig,
     settings: TuneSettings,
@@ -278,26 +278,3 @@ def make_searcher(
             random_state=settings.searcher_seed,
         )
     return ConcurrencyLimiter(searcher, max_concurrent=settings.concurrency)
-
-
-def run_trial(
-    point: dict,
-    *,
-    data: dict[tuple, train.TrainingData],
-    space: dict,
-    base: TrainConfig,
-    searcher: str,
-    storage: str,
-):
-    """One trial: a Ray Train run of the decoded point, reporting each epoch to Tune.
-
-    Named after the trial, so a resumed experiment resumes the run from its checkpoint.
-    """
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    config = point_config(base, decode_point(space, point, searcher))
-    trial_id = get_context().get_trial_id()
-    trainer = train.make_trainer(
-        data[features_key(config)], config, trial_id, Location(storage), [TuneReportCallback()]
-    )
-    trainer.fit()

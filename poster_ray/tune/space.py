@@ -13,11 +13,9 @@ from dataclasses import replace
 
 from ray import tune as ray_tune
 
-from poster_ray import models
-from poster_ray.config import POOLINGS, VIEW_COUNTS, TrainConfig, TuneSettings
+from poster_ray.config import POOLINGS, TRANSFER_MODELS, VIEW_COUNTS, TrainConfig, TuneSettings
 from poster_ray.errors import PosterRayError
-from poster_ray.models import Choice, Range
-from poster_ray.models.spaces import FEATURE_KEYS
+from poster_ray.hparams import FEATURE_KEYS, Choice, Range, point_settings
 
 FEATURE_VALUES = {"views": VIEW_COUNTS, "pooling": POOLINGS}
 assert tuple(FEATURE_VALUES) == FEATURE_KEYS
@@ -28,7 +26,7 @@ def feature_choices(base: TrainConfig, settings: TuneSettings) -> dict[str, Choi
     transfer model's, known values, and the base's own among them (the first trial is
     the untuned model)."""
     choices = settings.feature_choices
-    if choices and not models.is_transfer(base.model):
+    if choices and base.model not in TRANSFER_MODELS:
         raise PosterRayError(f"--feature-choices needs a pretrained model, not {base.model}")
     space = {}
     for key, values in choices.items():
@@ -147,4 +145,4 @@ def encode_point(space: dict, point: dict, searcher: str) -> dict:
 
 def point_config(base: TrainConfig, point: dict) -> TrainConfig:
     """The TrainConfig of one point of the model's search space."""
-    return replace(base, **models.point_settings(base.model, point))
+    return replace(base, **point_settings(base.model, point))

@@ -188,7 +188,7 @@ def test_a_training_flag_reaches_train_as_its_typed_config(tmp_path, monkeypatch
 def test_the_workers_receive_the_training_settings_typed(ray_session, tmp_path):
     import ray
 
-    from poster_ray import train
+    from poster_ray import trainer as train_runs
     from poster_ray.loop_config import LOOP_CONFIG_KEY, ModelInputs, Steps
     from poster_ray.storage import Location
 
@@ -196,8 +196,10 @@ def test_the_workers_receive_the_training_settings_typed(ray_session, tmp_path):
     config = dataclasses.replace(args.options["train"].build(args), cpus_per_worker=1.0)
     rows = ray.data.from_items([{"image": 0, "labels": 0}] * 64)
     inputs = ModelInputs("image", (16, 16, 3), 3)
-    data = train.TrainingData({"train_0": rows, "val_0": rows}, 64, 64, inputs, [1.0, 1.0, 1.0])
-    trainer = train.make_trainer(data, config, "probe", Location.of(tmp_path))
+    data = train_runs.TrainingData(
+        {"train_0": rows, "val_0": rows}, 64, 64, inputs, [1.0, 1.0, 1.0]
+    )
+    trainer = train_runs.make_trainer(data, config, "probe", Location.of(tmp_path))
     loop = trainer.train_loop_config[LOOP_CONFIG_KEY]
     assert loop.settings == config and loop.inputs == inputs
     assert loop.train_steps == Steps(batch=config.batch_size, steps=64 // config.batch_size)

@@ -20,7 +20,7 @@ import pytest
 import tf_keras as keras
 from synthetic import prepared_run
 
-from poster_ray import loop_config, models, train, train_worker
+from poster_ray import loop_config, models, train, train_worker, trainer
 from poster_ray.bundle import load_bundle
 from poster_ray.config import PreprocessSpec, TrainConfig
 from poster_ray.data import cache
@@ -324,7 +324,7 @@ def images_of(dataset) -> list[bytes]:
 def test_each_worker_gets_a_disjoint_share_of_whole_blocks_and_a_new_order_each_epoch(
     run, monkeypatch
 ):
-    monkeypatch.setattr(train, "SHUFFLE_BLOCK_ROWS", 2)  # many blocks even in a tiny share
+    monkeypatch.setattr(trainer, "SHUFFLE_BLOCK_ROWS", 2)  # many blocks even in a tiny share
     training_data = train.load_training_data(run, replace(TINY, workers=2))
     assert sorted(training_data.datasets) == ["train_0", "train_1", "val_0", "val_1"]
     share_rows = {}
@@ -337,7 +337,7 @@ def test_each_worker_gets_a_disjoint_share_of_whole_blocks_and_a_new_order_each_
         assert abs(len(shares[0]) - len(shares[1])) <= 4
         share_rows[split] = min(map(len, shares))  # what each worker takes per epoch
     assert (training_data.train_rows, training_data.val_rows) == tuple(share_rows.values())
-    steps = train.step_counts(training_data, replace(TINY, batch_size=4))
+    steps = trainer.step_counts(training_data, replace(TINY, batch_size=4))
     assert steps["train"] == loop_config.Steps(batch=2, steps=training_data.train_rows // 2)
     assert steps["val"].steps == training_data.val_rows // 2
 
@@ -359,7 +359,7 @@ def test_the_training_data_is_rebuilt_beside_workers_that_hold_their_cpus(run):
     shares: dict = {}
 
     def run_the_lineage() -> None:
-        shares.update(train.worker_datasets(splits["train"], splits["val"], config.workers))
+        shares.update(trainer.worker_datasets(splits["train"], splits["val"], config.workers))
 
     try:
         assert workers.wait(timeout_seconds=60), "the workers' CPUs were not free"
@@ -376,7 +376,7 @@ def test_the_training_data_is_rebuilt_beside_workers_that_hold_their_cpus(run):
 def test_two_workers_validate_once_on_their_shares_with_the_metrics_of_the_whole(run, trained):
     """The epoch's validation metrics are those of the model on both shares together."""
     data = train.load_training_data(run, TINY)
-    steps = train.step_counts(data, TINY)["val"]
+    steps = trainer.step_counts(data, TINY)["val"]
     used = steps.batch * steps.steps  # rows of each share one validation pass takes
     shares = [data.datasets[f"val_{rank}"].take_batch(used) for rank in (0, 1)]
     # Rank 0's batches, then rank 1's: Keras sums each metric's counts over the workers.

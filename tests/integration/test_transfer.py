@@ -21,7 +21,7 @@ from poster_ray.features import ensure_features, ensure_joined_features
 from poster_ray.metrics import classification_metrics
 from poster_ray.models import backbones, losses, transfer
 from poster_ray.models.views import with_test_views
-from poster_ray.tune import tune_model
+from poster_ray.tune.experiment import tune_model
 
 GENRES = 5
 # The module's model trains two backbones' features of two views, then fine-tunes: beside

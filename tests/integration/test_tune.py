@@ -17,9 +17,10 @@ from synthetic import prepared_run
 from poster_ray import models
 from poster_ray.config import TrainConfig, TuneSettings
 from poster_ray.errors import PosterRayError
+from poster_ray.hparams import Choice
 from poster_ray.layout import RunDir
-from poster_ray.tune import format_tuning_summary, tune_model
-from poster_ray.tune.experiment import make_searcher
+from poster_ray.tune.experiment import make_searcher, tune_model
+from poster_ray.tune.results import format_tuning_summary
 from poster_ray.tune.space import decode_point, encode_point, param_space
 
 # Small enough to train in seconds, still the seed's 4-block architecture (needs ~94 px).
@@ -172,7 +173,7 @@ def test_searchers_propose_distinct_valid_points_that_decode_back(model, searche
     assert points[1] != points[2]
     for point in points:
         for key, param in space.items():
-            if isinstance(param, models.Choice):
+            if isinstance(param, Choice):
                 assert point[key] in param.values
             else:
                 assert param.low <= point[key] <= param.high

@@ -9,6 +9,7 @@ import tf_keras as keras
 from poster_ray import models
 from poster_ray.config import TrainConfig
 from poster_ray.errors import PosterRayError
+from poster_ray.hparams import point_settings
 
 GENRES = 24
 CNN_SIZE = 80  # about the smallest input the default CNN's four valid conv blocks accept
@@ -164,7 +165,7 @@ def test_compile_model_scales_the_loss_under_float16():
 @pytest.mark.parametrize(("name", "size"), [("custom_cnn", 250), ("efficientnet_lite0", 64)])
 def test_the_default_point_is_the_model_train_builds_when_nothing_is_set(name, size):
     """Tuning's first trial is the untuned model: same layers, same training settings."""
-    point = models.point_settings(name, models.DEFAULT_POINTS[name])
+    point = point_settings(name, models.DEFAULT_POINTS[name])
     hparams = point.pop("hparams")
     assert dataclasses.replace(TrainConfig(), **point) == TrainConfig()
     weights = {} if name == "custom_cnn" else {"weights": "none"}

@@ -1,10 +1,14 @@
-"""Tuning's feature choices: what may be searched, and the combinations it caches."""
+"""Tuning's feature choices: what may be searched, and the combinations it caches; what a
+trial's process imports."""
+
+import subprocess
+import sys
 
 import pytest
 
 from poster_ray.config import TrainConfig, TuneSettings
 from poster_ray.errors import PosterRayError
-from poster_ray.models import Choice
+from poster_ray.hparams import Choice
 from poster_ray.tune.space import (
     feature_choices,
     feature_combinations,
@@ -52,3 +56,16 @@ def test_bad_feature_choices_are_one_line(model, choices, message):
     base = TrainConfig(model=model, views=2 if model != "custom_cnn" else 1)
     with pytest.raises(PosterRayError, match=message):
         feature_choices(base, TuneSettings(feature_choices=choices))
+
+
+def test_a_trial_process_imports_no_tensorflow():
+    """Tune starts a process per trial that only starts a Ray Train run: importing its
+    function (and the data and space it receives) must not cost TensorFlow's import."""
+    script = (
+        "import sys; import poster_ray.tune.trial, poster_ray.trainer, poster_ray.hparams; "
+        "print(sorted(m for m in ('tensorflow', 'tf_keras', 'keras') if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "[]", loaded.stderr[-2000:]
