@@ -14,11 +14,12 @@ PROFILE ?= quick
 
 setup: $(STAMP)
 
-# uv installs what pip would (the same resolution of pyproject.toml) in a third of the
-# time: 48 s against 1 min 40 s here. Bytecode is compiled at install, as pip does, so that
-# no process pays for it when PYTHONDONTWRITEBYTECODE is set (TensorFlow's import takes
-# 11 s without it, 6 s with it, in every Ray worker). uv is pinned to a minor release, its
-# `pip` interface's flags being stable within one.
+# uv installs what pip would (the same resolution of pyproject.toml) in about half the
+# time: a fresh-clone .ci/run reached its tests after 47-68 s, against 1 min 52 s with pip
+# (README, "How long"). Bytecode is compiled at install, as pip does, so that no process
+# pays for it when PYTHONDONTWRITEBYTECODE is set, as on the development machine, where
+# TensorFlow's import then took 11 s instead of 6 s in every process (timed by hand).
+# uv is pinned to a minor release, its `pip` interface's flags being stable within one.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "uv==0.13.*"
