@@ -81,6 +81,14 @@ MODELS = [
         + ["--fine-tune-blocks", "6", "--fine-tune-epochs", "8"]
         + ["--fine-tune-learning-rate", "3e-4", "--fine-tune-backbone-rate", "0.1"],
     ),
+    # The whole backbone but its stem (17 blocks), for as long as validation PR-AUC keeps
+    # improving: in bfloat16, where the CPU has it natively.
+    (
+        "efficientnet_lite0_fine_tuned_all",
+        ["train", "--model", "efficientnet_lite0", "--epochs", "40", "--monitor", "val_pr_auc"]
+        + ["--fine-tune-blocks", "17", "--fine-tune-epochs", "12"]
+        + ["--fine-tune-learning-rate", "3e-4", "--fine-tune-backbone-rate", "0.1"],
+    ),
 ]
 COLUMNS = (
     ("micro-F1", "test@calibrated", ("micro", "f1")),
