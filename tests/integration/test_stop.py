@@ -146,7 +146,8 @@ def test_kill_9_of_the_driver_leaves_no_process_and_no_port(job_argv, tmp_path, 
 
 def driver_crash_dump(err: str, pid: int) -> bool:
     """Whether `err` holds the driver's own fatal-signal dump (as Ray's core worker wrote
-    on SIGTERM before `runtime.stop_on_sigterm`), each of its lines tagged with the pid.
+    on SIGTERM before `runtime.stop_on_sigterm`), found by the pid in its logging line:
+    "[... E PID TID] logging.cc:474: *** SIGTERM received at time=...".
 
     Not another process's: once (2026-12-04, in 1 of 2 suite runs), a Ray process that
     was not the driver (no numpy loaded; ray._raylet was) aborted in abseil ("Mutex
