@@ -37,7 +37,7 @@ from poster_ray.storage import Location
 
 # The TrainConfig fields a tuning experiment takes from its command line: the others are
 # searched (learning rate, batch size, loss, hparams) or set by the experiment itself
-# (epochs, early stopping, monitor, workers per trial: tune.trial_base).
+# (epochs, early stopping, monitor, workers per trial, no fine-tuning: tune.trial_base).
 TUNED_MODEL_FIELDS = (
     "model",
     "weights",

@@ -119,10 +119,12 @@ def trial_base(base: TrainConfig, settings: TuneSettings) -> TrainConfig:
 
     ASHA is the early stopping; Tune, not Train, retries a failed trial, because a Train
     controller that restarts its workers after Tune stopped the trial would reserve a
-    new placement group that nobody frees.
+    new placement group that nobody frees. Trials tune a transfer model's head on cached
+    features: fine-tuning its backbone (`train`) is not part of a trial.
     """
     return replace(
         base,
+        fine_tune_blocks=0,
         epochs=settings.max_epochs,
         workers=settings.workers_per_trial,
         early_stopping=0,

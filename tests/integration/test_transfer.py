@@ -319,7 +319,8 @@ def test_the_bundle_averages_its_test_views(run, head_model):
 
 def test_tuning_searches_the_views_each_trial_on_its_own_features(run, head_model):
     """Two trials, the untuned head on 2 views (LITE's) and on the posters alone: each
-    reads its own training data, and the best exports with its views."""
+    reads its own training data, and the best exports with its views. The base fine-tunes,
+    as the full profile's does: the trials still train heads on cached features."""
     default = models.DEFAULT_POINTS[LITE.model]
     settings = TuneSettings(
         trials=2,
@@ -327,13 +328,14 @@ def test_tuning_searches_the_views_each_trial_on_its_own_features(run, head_mode
         feature_choices={"views": [1, 2]},
         start_points=[default, {**default, "views": 1}],
     )
-    out = tune_model(run, "views", LITE, settings)
+    out = tune_model(run, "views", replace(LITE, fine_tune_blocks=1), settings)
     trials = pd.read_csv(out / "trials.csv").set_index("views")
     assert sorted(trials.index) == [1, 2]
     ratio = trials.loc[2, "images_per_epoch"] / trials.loc[1, "images_per_epoch"]
     assert 1.8 <= ratio <= 2.2  # twice the rows, less what a last partial batch drops
     best = trials["best"].idxmax()  # val_pr_auc, the default objective
-    assert json.loads((out / "train_config.json").read_text())["views"] == best
+    exported = json.loads((out / "train_config.json").read_text())
+    assert (exported["views"], exported["fine_tune_blocks"]) == (best, 0)
 
 
 def test_the_exported_model_is_the_head_on_the_backbone_from_uint8_posters(run, head_model):

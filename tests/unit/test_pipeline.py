@@ -11,6 +11,8 @@ from poster_ray.config import InferSettings, PrepareSettings, TrainConfig
 from poster_ray.errors import PosterRayError
 from poster_ray.pipeline import (
     PROFILES,
+    backbones_name,
+    describe_pretrained,
     drop_stale_predictions,
     pretrained_name,
     profile_settings,
@@ -112,13 +114,34 @@ def test_the_verdict_lines_give_the_difference_and_its_interval(tmp_path):
     assert lines[3].startswith("lite0: micro-F1 0.417 beats 'always Drama, Comedy'")
 
 
-def test_another_pretrained_model_leaves_the_profiles_other_backbones_out():
-    assert PROFILES["full"].pretrained.more_backbones  # Lite0 beside Lite2
+def test_the_full_profile_fine_tunes_the_whole_lite0_backbone_and_quick_does_not():
+    full = PROFILES["full"].pretrained
+    assert (full.model, full.fine_tune_blocks, full.monitor) == (
+        "efficientnet_lite0",
+        17,
+        "val_pr_auc",
+    )
+    assert PROFILES["quick"].pretrained.fine_tune_blocks == 0
+
+
+def test_another_pretrained_model_leaves_the_profiles_backbones_and_fine_tuning_out():
     settings = settings_of("--profile", "full", "--pretrained", "vgg16")
-    assert (settings.pretrained.model, settings.pretrained.more_backbones) == ("vgg16", [])
-    assert settings.pretrained.epochs == PROFILES["full"].pretrained.epochs
+    pretrained = settings.pretrained
+    assert (pretrained.model, pretrained.more_backbones, pretrained.fine_tune_blocks) == (
+        "vgg16",
+        [],
+        0,
+    )
+    assert pretrained.epochs == PROFILES["full"].pretrained.epochs
 
 
-def test_the_pretrained_model_is_named_after_all_its_backbones():
-    assert pretrained_name(PROFILES["full"].pretrained) == "efficientnet_lite0+efficientnet_lite2"
+def test_the_pretrained_model_is_named_after_its_backbones_and_their_fine_tuning():
+    two = TrainConfig(model="efficientnet_lite0", more_backbones=["efficientnet_lite2"])
+    assert pretrained_name(two) == "efficientnet_lite0+efficientnet_lite2"
     assert pretrained_name(PROFILES["quick"].pretrained) == "efficientnet_lite0"
+    full = PROFILES["full"].pretrained
+    assert pretrained_name(full) == "efficientnet_lite0_fine_tuned"
+    # Its tuned head is a head: trials do not fine-tune.
+    assert backbones_name(full) == "efficientnet_lite0"
+    assert "then its top 17 block(s) fine-tuned" in describe_pretrained(full)
+    assert describe_pretrained(two) == "frozen ImageNet backbones under a genre head"

@@ -1,5 +1,5 @@
 """Tuning's feature choices: what may be searched, and the combinations it caches; what a
-trial's process imports."""
+trial trains, and what its process imports."""
 
 import subprocess
 import sys
@@ -9,6 +9,7 @@ import pytest
 from poster_ray.config import TrainConfig, TuneSettings
 from poster_ray.errors import PosterRayError
 from poster_ray.hparams import Choice
+from poster_ray.tune.experiment import trial_base
 from poster_ray.tune.space import (
     feature_choices,
     feature_combinations,
@@ -56,6 +57,11 @@ def test_bad_feature_choices_are_one_line(model, choices, message):
     base = TrainConfig(model=model, views=2 if model != "custom_cnn" else 1)
     with pytest.raises(PosterRayError, match=message):
         feature_choices(base, TuneSettings(feature_choices=choices))
+
+
+def test_trials_tune_a_head_and_never_fine_tune_its_backbone():
+    base = trial_base(TrainConfig(model="efficientnet_lite0", fine_tune_blocks=17), TuneSettings())
+    assert base.fine_tune_blocks == 0
 
 
 def test_a_trial_process_imports_no_tensorflow():
