@@ -8,7 +8,7 @@ import ray
 from ray.tune import Callback
 from ray.util.placement_group import PlacementGroup, placement_group_table
 
-from poster_ray.config import TuneSettings
+from poster_ray.config import TuneSettings, pick_best
 from poster_ray.train import PLACEMENT_GROUP_KEY
 
 
@@ -61,21 +61,39 @@ def remove_placement_group_by_id(group_id: str | None) -> None:
 
 
 class TrialLines(Callback):
-    """One line per finished trial: its objective and how far it got."""
+    """One line per finished trial: its best epoch's objective, the score tuning ranks it
+    by (its last epoch's can be far below, after over-fitting), and how far it got. Its
+    state is saved with the experiment, so a resumed one goes on counting."""
 
     def __init__(self, settings: TuneSettings) -> None:
         self.objective, self.trials, self.done = settings.objective, settings.trials, 0
+        self.pick = pick_best(settings.objective)
+        self.best: dict[str, tuple[float, int]] = {}  # trial id -> (objective, epoch)
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        if self.objective not in result:
+            return
+        scored = (result[self.objective], result.get("epoch", 0))
+        earlier = self.best.get(trial.trial_id, scored)
+        self.best[trial.trial_id] = self.pick(earlier, scored, key=lambda pair: pair[0])
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         self.done += 1
-        result = trial.last_result or {}
+        last_epoch = (trial.last_result or {}).get("epoch", 0)
+        best = self.best.get(trial.trial_id)
+        score = f"{best[0]:.4f} at epoch {best[1]}" if best else "not reported"
         print(
-            f"trial {self.done}/{self.trials} ({trial.trial_id}): {self.objective} "
-            f"{result.get(self.objective, float('nan')):.4f} after {result.get('epoch', 0)} "
-            "epoch(s)",
+            f"trial {self.done}/{self.trials} ({trial.trial_id}): {self.objective} {score}, "
+            f"{last_epoch} epoch(s) trained",
             flush=True,
         )
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         self.done += 1
         print(f"trial {self.done}/{self.trials} ({trial.trial_id}) failed", flush=True)
+
+    def get_state(self) -> dict:
+        return {"done": self.done, "best": dict(self.best)}
+
+    def set_state(self, state: dict) -> None:
+        self.done, self.best = state["done"], dict(state["best"])

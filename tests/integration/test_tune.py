@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import re
 import signal
 import time
 from dataclasses import replace
@@ -88,12 +91,15 @@ def tuned(run: RunDir, tmp_path_factory) -> dict:
     init_ray(num_cpus=2, progress_bars=False)
     home = Path.cwd()
     os.chdir(run.root.parent)  # and from a relative path, as users type it
+    printed = io.StringIO()
     try:
-        out = tune_model(RunDir(Path(run.root.name)), "tiny", base, SETTINGS).local_path
+        with contextlib.redirect_stdout(printed):
+            out = tune_model(RunDir(Path(run.root.name)), "tiny", base, SETTINGS).local_path
     finally:
         os.chdir(home)
     return {
         "out": out,
+        "resumed_lines": printed.getvalue(),
         "stopped_trial_workers": marker.read_text(),
         "finished_before": before,
         "finished_after": [path.read_text() for path in finished],
@@ -106,6 +112,10 @@ def test_resumed_search_finishes_all_trials_without_redoing_finished_ones(tuned)
     assert len(tuned["finished_before"]) == 2
     assert tuned["finished_after"] == tuned["finished_before"]
     assert trials.loc[0, "status"] == "completed" and trials.loc[0, "epochs"] == 2
+    # The trial lines' count and scores were saved with the experiment: trial 3 is 3/3.
+    assert re.search(
+        r"^trial 3/3 \(\w+\): val_loss \d\.\d{4} at epoch [12], ", tuned["resumed_lines"], re.M
+    )
 
 
 def test_asha_stops_the_hopeless_trial_and_the_searcher_proposes_new_configs(tuned):
