@@ -1,0 +1,108 @@
+"""An ensemble of trained models, measured before it is built: the mean of their
+probabilities, scored beside each model alone by the same evaluation.
+
+Each model's bundle scores the validation and test posters once; the ensemble averages
+the probabilities. Every row's thresholds are fitted on validation by the policy `auto`
+(poster_ray.thresholds), as an exported bundle's are, and scored on the test split; the
+ensemble's micro-F1 is compared with the first model's by the paired bootstrap of the
+verdicts (poster_ray.verdict). Not a product feature: a bundle holds one model.
+
+    python bench/ensemble.py RUN_DIR MODEL MODEL [MODEL ...] [--out bench/results/ensemble]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from poster_ray import metrics
+from poster_ray.bundle import load_bundle
+from poster_ray.evaluate import predict_split
+from poster_ray.layout import RunDir
+from poster_ray.storage import Location
+from poster_ray.thresholds import choose_thresholds
+from poster_ray.verdict import format_interval, micro_f1_difference
+
+COLUMNS = ("model", "policy", "micro-F1", "macro-F1", "mAP", "ROC-AUC", "Hamming @0.5",
+           "val micro-F1", "vs first [95%]")  # fmt: skip
+
+
+def split_predictions(run: RunDir, name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Model `name`'s (ids, labels, probabilities) of the validation and test posters."""
+    model = load_bundle(run.model(name).bundle).model
+    return {split: predict_split(model, run, split) for split in ("val", "test")}
+
+
+def scored_row(name: str, genres: list[str], val: tuple, test: tuple) -> dict:
+    """Thresholds by `auto` on validation; the test split's metrics at them and at 0.5."""
+    (val_labels, val_prob), (test_labels, test_prob) = val, test
+    thresholds, chosen = choose_thresholds("auto", val_labels, val_prob)
+    calibrated = metrics.classification_metrics(test_labels, test_prob, thresholds, genres)
+    at_half = metrics.classification_metrics(test_labels, test_prob, 0.5, genres)
+    on_val = metrics.classification_metrics(val_labels, val_prob, thresholds, genres)
+    return {
+        "model": name,
+        "policy": chosen["policy"],
+        "micro-F1": calibrated["micro"]["f1"],
+        "macro-F1": calibrated["macro_f1_present"],
+        "mAP": calibrated["map"],
+        "ROC-AUC": calibrated["roc_auc"],
+        "Hamming @0.5": at_half["hamming_loss"],
+        "val micro-F1": on_val["micro"]["f1"],
+        "predicted": test_prob >= thresholds,
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    for row in rows:
+        versus = row.get("vs first")
+        cells = [
+            row["model"],
+            row["policy"],
+            *(f"{row[key]:.3f}" for key in COLUMNS[2:8]),
+            f"{format_interval(versus)} {versus['verdict']}" if versus else "",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", help="a run directory with trained, exported models")
+    parser.add_argument("models", nargs="+", help="model names under RUN/models (two or more)")
+    parser.add_argument("--out", default="bench/results/ensemble")
+    args = parser.parse_args()
+    if len(args.models) < 2:
+        parser.error("an ensemble needs two models or more")
+    run = RunDir(args.run)
+    genres = load_bundle(run.model(args.models[0]).bundle).genres
+    predictions = {name: split_predictions(run, name) for name in args.models}
+    first = predictions[args.models[0]]
+    for name, splits in predictions.items():
+        for split in ("val", "test"):
+            if not np.array_equal(splits[split][0], first[split][0]):
+                raise SystemExit(f"{name}: its {split} posters differ from {args.models[0]}'s")
+    pairs = {
+        name: [(splits[split][1], splits[split][2]) for split in ("val", "test")]
+        for name, splits in predictions.items()
+    }
+    pairs["mean of " + ", ".join(args.models)] = [
+        (first[split][1], np.mean([splits[split][2] for splits in predictions.values()], axis=0))
+        for split in ("val", "test")
+    ]
+    rows = [scored_row(name, genres, *pair) for name, pair in pairs.items()]
+    test_labels = first["test"][1]
+    for row in rows[1:]:
+        row["vs first"] = micro_f1_difference(test_labels, row["predicted"], rows[0]["predicted"])
+    table = markdown(rows)
+    Location.of(args.out + ".json").write_json(
+        [{key: value for key, value in row.items() if key != "predicted"} for row in rows]
+    )
+    Location.of(args.out + ".md").write_text(table)
+    print(table, end="")
+
+
+if __name__ == "__main__":
+    main()
