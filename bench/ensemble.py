@@ -20,12 +20,10 @@ from poster_ray import metrics
 from poster_ray.bundle import load_bundle
 from poster_ray.evaluate import predict_split
 from poster_ray.layout import RunDir
+from poster_ray.reports import markdown_table
 from poster_ray.storage import Location
 from poster_ray.thresholds import choose_thresholds
 from poster_ray.verdict import format_interval, micro_f1_difference
-
-COLUMNS = ("model", "policy", "micro-F1", "macro-F1", "mAP", "ROC-AUC", "Hamming @0.5",
-           "val micro-F1", "vs first [95%]")  # fmt: skip
 
 
 def split_predictions(run: RunDir, name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -54,18 +52,12 @@ def scored_row(name: str, genres: list[str], val: tuple, test: tuple) -> dict:
     }
 
 
-def markdown(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
-    for row in rows:
-        versus = row.get("vs first")
-        cells = [
-            row["model"],
-            row["policy"],
-            *(f"{row[key]:.3f}" for key in COLUMNS[2:8]),
-            f"{format_interval(versus)} {versus['verdict']}" if versus else "",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+def table_row(row: dict) -> dict:
+    """A row as the Markdown table shows it: the comparison as its interval and verdict."""
+    versus = row.get("vs first")
+    shown = {key: value for key, value in row.items() if key not in ("predicted", "vs first")}
+    shown["vs first [95%]"] = f"{format_interval(versus)} {versus['verdict']}" if versus else ""
+    return shown
 
 
 def main() -> None:
@@ -96,7 +88,7 @@ def main() -> None:
     test_labels = first["test"][1]
     for row in rows[1:]:
         row["vs first"] = micro_f1_difference(test_labels, row["predicted"], rows[0]["predicted"])
-    table = markdown(rows)
+    table = markdown_table([table_row(row) for row in rows])
     Location.of(args.out + ".json").write_json(
         [{key: value for key, value in row.items() if key != "predicted"} for row in rows]
     )
