@@ -18,6 +18,7 @@ import numpy as np
 
 from poster_ray import metrics
 from poster_ray.bundle import load_bundle
+from poster_ray.errors import PosterRayError
 from poster_ray.evaluate import predict_split
 from poster_ray.layout import RunDir
 from poster_ray.reports import markdown_table
@@ -25,20 +26,21 @@ from poster_ray.storage import Location
 from poster_ray.thresholds import choose_thresholds
 from poster_ray.verdict import format_interval, micro_f1_difference
 
-
-def split_predictions(run: RunDir, name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Model `name`'s (ids, labels, probabilities) of the validation and test posters."""
-    model = load_bundle(run.model(name).bundle).model
-    return {split: predict_split(model, run, split) for split in ("val", "test")}
+SPLITS = ("val", "test")
 
 
-def scored_row(name: str, genres: list[str], val: tuple, test: tuple) -> dict:
+def split_predictions(run: RunDir, model) -> dict[str, tuple[np.ndarray, ...]]:
+    """A model's (ids, labels, probabilities) of the validation and test posters."""
+    return {split: predict_split(model, run, split) for split in SPLITS}
+
+
+def scored_row(name: str, genres: list[str], labels: dict, probabilities: dict) -> dict:
     """Thresholds by `auto` on validation; the test split's metrics at them and at 0.5."""
-    (val_labels, val_prob), (test_labels, test_prob) = val, test
-    thresholds, chosen = choose_thresholds("auto", val_labels, val_prob)
+    thresholds, chosen = choose_thresholds("auto", labels["val"], probabilities["val"])
+    test_labels, test_prob = labels["test"], probabilities["test"]
     calibrated = metrics.classification_metrics(test_labels, test_prob, thresholds, genres)
     at_half = metrics.classification_metrics(test_labels, test_prob, 0.5, genres)
-    on_val = metrics.classification_metrics(val_labels, val_prob, thresholds, genres)
+    on_val = metrics.classification_metrics(labels["val"], probabilities["val"], thresholds, genres)
     return {
         "model": name,
         "policy": chosen["policy"],
@@ -60,6 +62,33 @@ def table_row(row: dict) -> dict:
     return shown
 
 
+def ensemble_rows(run: RunDir, names: list[str]) -> list[dict]:
+    """A row per model, then one for the mean of their probabilities; each after the
+    first compared with the first."""
+    # Every bundle loaded (and checked) before any poster is predicted.
+    bundles = {name: load_bundle(run.model(name).bundle) for name in names}
+    predictions = {name: split_predictions(run, bundle.model) for name, bundle in bundles.items()}
+    ids = {split: predictions[names[0]][split][0] for split in SPLITS}
+    for name, splits in predictions.items():
+        for split in SPLITS:
+            if not np.array_equal(splits[split][0], ids[split]):
+                raise PosterRayError(f"{name}: its {split} posters differ from {names[0]}'s")
+    labels = {split: predictions[names[0]][split][1] for split in SPLITS}
+    probabilities = {
+        name: {split: splits[split][2] for split in SPLITS} for name, splits in predictions.items()
+    }
+    probabilities["mean of " + ", ".join(names)] = {
+        split: np.mean([each[split] for each in probabilities.values()], axis=0) for split in SPLITS
+    }
+    genres = run.load_genres()
+    rows = [scored_row(name, genres, labels, probs) for name, probs in probabilities.items()]
+    for row in rows[1:]:
+        row["vs first"] = micro_f1_difference(
+            labels["test"], row["predicted"], rows[0]["predicted"]
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", help="a run directory with trained, exported models")
@@ -68,26 +97,10 @@ def main() -> None:
     args = parser.parse_args()
     if len(args.models) < 2:
         parser.error("an ensemble needs two models or more")
-    run = RunDir(args.run)
-    genres = load_bundle(run.model(args.models[0]).bundle).genres
-    predictions = {name: split_predictions(run, name) for name in args.models}
-    first = predictions[args.models[0]]
-    for name, splits in predictions.items():
-        for split in ("val", "test"):
-            if not np.array_equal(splits[split][0], first[split][0]):
-                raise SystemExit(f"{name}: its {split} posters differ from {args.models[0]}'s")
-    pairs = {
-        name: [(splits[split][1], splits[split][2]) for split in ("val", "test")]
-        for name, splits in predictions.items()
-    }
-    pairs["mean of " + ", ".join(args.models)] = [
-        (first[split][1], np.mean([splits[split][2] for splits in predictions.values()], axis=0))
-        for split in ("val", "test")
-    ]
-    rows = [scored_row(name, genres, *pair) for name, pair in pairs.items()]
-    test_labels = first["test"][1]
-    for row in rows[1:]:
-        row["vs first"] = micro_f1_difference(test_labels, row["predicted"], rows[0]["predicted"])
+    try:
+        rows = ensemble_rows(RunDir(args.run), args.models)
+    except PosterRayError as error:
+        raise SystemExit(f"bench/ensemble.py: {error}") from None
     table = markdown_table([table_row(row) for row in rows])
     Location.of(args.out + ".json").write_json(
         [{key: value for key, value in row.items() if key != "predicted"} for row in rows]

@@ -90,7 +90,7 @@ MODELS = [
         + ["--fine-tune-learning-rate", "3e-4", "--fine-tune-backbone-rate", "0.1"],
     ),
     # The same recipe on Lite2, the backbone whose frozen head has the best macro-F1, at
-    # Lite0's 224 px (its native 260 px would cost 1.35x more per epoch), beside its own
+    # Lite0's 224 px (its native 260 px has 1.35x the pixels), beside its own
     # frozen head; all 21 blocks and its head convolution (22), at most 6 epochs.
     (
         "efficientnet_lite2_224",
